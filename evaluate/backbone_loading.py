@@ -1,0 +1,199 @@
+"""Any-source checkpoint -> backbone state dict, with the source format detected and strict checks.
+
+Supported sources and how their backbone is named inside the file:
+
+============  ===============================================  =========================
+format        layout                                           backbone prefix
+============  ===============================================  =========================
+snclr         ours: {"format": "snclr-bench/pretrain/v1", ...}  model["backbone."]
+mocov3        {"state_dict": ...} (MoCo v3 main_moco.py)        "module.base_encoder."
+mocov2        {"state_dict": ...} (MoCo v1/v2 main_moco.py)     "module.encoder_q."
+dino          {"teacher": ..., "student": ...}                  "[module.]backbone." (teacher)
+solo-learn    {"state_dict": ...} (Lightning)                   "backbone."
+torchvision   plain state dict                                  none ("fc." dropped)
+timm          plain state dict                                  none ("head." dropped)
+============  ===============================================  =========================
+
+The result is *strict*: every tensor of the target backbone must be present with the right shape,
+and nothing but known non-backbone keys may be left over, otherwise :class:`BackboneLoadError` lists
+the missing / unexpected keys. A wrong prefix can therefore never yield a random backbone.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from pretrain.backbones import RESNETS, VITS, build_backbone
+from evaluate.records import file_sha256
+
+log = logging.getLogger(__name__)
+
+SNCLR_FORMAT = "snclr-bench/pretrain/v1"
+# Classifier heads, or MoCo v3's projector which it keeps in base_encoder.fc / .head.
+_HEAD_PREFIXES = ("fc.", "head.", "head_dist.")
+_RESNET_DEPTHS = {(2, 2, 2, 2, False): "resnet18", (3, 4, 6, 3, False): "resnet34",
+                  (3, 4, 6, 3, True): "resnet50", (3, 4, 23, 3, True): "resnet101"}
+
+
+class BackboneLoadError(ValueError):
+    """A checkpoint that does not hold a usable backbone; the message says what was wrong."""
+
+
+@dataclass
+class LoadedBackbone:
+    state_dict: dict[str, torch.Tensor]
+    arch: str
+    source_format: str
+    sha256: str
+    path: str
+    image_size: int = 224
+    dropped_keys: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # DINO stores an argparse.Namespace and others numpy objects: a full unpickle is needed.
+        log.warning("%s holds non-tensor Python objects; loading it as a full pickle "
+                    "(only load checkpoints you trust)", path)
+    except (RuntimeError, EOFError, OSError) as error:
+        raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _take_prefix(state: dict, prefix: str) -> tuple[dict, list[str]]:
+    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    dropped = [k for k in state if not k.startswith(prefix)]
+    return kept, dropped
+
+
+def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
+    """Detect the format of a loaded checkpoint; return (backbone dict, format, dropped keys, meta)."""
+    if isinstance(obj, dict) and obj.get("format") == SNCLR_FORMAT:
+        config = obj.get("config", {})
+        backbone, dropped = _take_prefix(obj["model"], "backbone.")
+        meta = {"method": config.get("method", "SNCLR"), "pretrain_epochs": obj.get("epoch"),
+                "arch": config.get("backbone"), "image_size": config.get("image_size"),
+                "variant": {k: config.get(k) for k in ("neighbors", "k", "loss_form") if k in config}}
+        return backbone, "snclr", dropped, meta
+    if isinstance(obj, dict) and ("teacher" in obj or "student" in obj):
+        key = "teacher" if "teacher" in obj else "student"
+        state = obj[key]
+        prefix = "module.backbone." if any(k.startswith("module.backbone.") for k in state) else "backbone."
+        backbone, dropped = _take_prefix(state, prefix)
+        return backbone, "dino", [f"{key}.{k}" for k in dropped], {"method": "DINO", "pretrain_epochs": obj.get("epoch")}
+    inner = None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
+            inner = obj[key]
+            break
+    epochs = obj.get("epoch") if isinstance(obj, dict) and inner is not None else None
+    state = inner if inner is not None else obj
+    if not _is_state_dict(state):
+        top = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise BackboneLoadError(f"{path}: no state dict found (top-level keys: {top}); expected one of "
+                                "ours, MoCo v1/v2/v3, DINO, solo-learn, torchvision or timm")
+    for prefix, fmt, method in (("module.base_encoder.", "mocov3", "MoCo v3"),
+                                ("module.encoder_q.", "mocov2", "MoCo v2"),
+                                ("backbone.", "solo-learn", None)):
+        if any(k.startswith(prefix) for k in state):
+            backbone, dropped = _take_prefix(state, prefix)
+            return backbone, fmt, dropped, {"method": method, "pretrain_epochs": epochs}
+    if all(k.startswith("module.") for k in state):  # a DDP-wrapped plain model
+        state = {k[len("module."):]: v for k, v in state.items()}
+    fmt = "timm" if "cls_token" in state else "torchvision"
+    return dict(state), fmt, [], {"method": None, "pretrain_epochs": epochs}
+
+
+def detect_arch(state: dict) -> tuple[str, int]:
+    """Infer (backbone name, input image size) from tensor names and shapes."""
+    if "conv1.weight" in state:
+        blocks = tuple(len({m.group(1) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))})
+                       for i in range(1, 5))
+        key = (*blocks, "layer1.0.conv3.weight" in state)
+        if key not in _RESNET_DEPTHS:
+            raise BackboneLoadError(f"ResNet with blocks {blocks} is not one of {', '.join(RESNETS)}")
+        return _RESNET_DEPTHS[key], 224
+    if "cls_token" in state and "patch_embed.proj.weight" in state:
+        dim, _, patch, _ = state["patch_embed.proj.weight"].shape
+        depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+        for name, spec in VITS.items():
+            if (spec.embed_dim, spec.patch_size, spec.depth) == (dim, patch, depth):
+                grid = int(math.isqrt(state["pos_embed"].shape[1] - 1)) if "pos_embed" in state else 224 // patch
+                return name, grid * patch
+        raise BackboneLoadError(f"ViT with embed dim {dim}, patch {patch}, depth {depth} matches none of "
+                                f"{', '.join(VITS)}")
+    raise BackboneLoadError("cannot tell the architecture: neither ResNet ('conv1.weight') nor ViT "
+                            "('cls_token') tensors are present")
+
+
+def _strict_match(state: dict, reference: dict, path: Path) -> tuple[dict, list[str]]:
+    extra = [k for k in state if k not in reference]
+    dropped = [k for k in extra if k.startswith(_HEAD_PREFIXES)]
+    unexpected = [k for k in extra if not k.startswith(_HEAD_PREFIXES)]
+    # Checkpoints from older PyTorch lack num_batches_tracked; it has no effect on features.
+    missing = [k for k in reference if k not in state and not k.endswith("num_batches_tracked")]
+    shape = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in reference.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:5]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})")
+        if shape:
+            parts.append(f"{len(shape)} with wrong shape (e.g. {shape[:3]})")
+        raise BackboneLoadError(f"{path}: backbone does not match: " + "; ".join(parts))
+    matched = {k: state[k] if k in state else reference[k] for k in reference}
+    return matched, dropped
+
+
+def load_backbone_state_dict(path: str | os.PathLike, arch: str | None = None) -> LoadedBackbone:
+    """Read ``path`` (any supported format) and return its backbone tensors under plain
+    torchvision/timm names, checked strictly against a freshly built ``arch`` backbone."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneLoadError(f"checkpoint {path} does not exist")
+    obj = _torch_load(path)
+    state, fmt, dropped, meta = split_source(obj, path)
+    if not state:
+        raise BackboneLoadError(f"{path}: detected format {fmt!r} but it holds no backbone tensors")
+    try:
+        detected, image_size = detect_arch(state)
+    except BackboneLoadError as error:
+        prefixes = sorted({k.split(".")[0] for k in state})[:8]
+        raise BackboneLoadError(f"{path}: {error} (format {fmt!r}, key prefixes {prefixes})") from None
+    if arch is not None and arch != detected:
+        raise BackboneLoadError(f"{path}: holds a {detected} backbone, but --arch {arch} was requested")
+    reference = build_backbone(detected, image_size)[0].state_dict()
+    matched, head_dropped = _strict_match(state, reference, path)
+    log.info("loaded %s backbone from %s (%s format, %d tensors, %d keys dropped)",
+             detected, path, fmt, len(matched), len(dropped) + len(head_dropped))
+    return LoadedBackbone(state_dict=matched, arch=detected, source_format=fmt, sha256=file_sha256(path),
+                          path=str(path), image_size=image_size, dropped_keys=dropped + head_dropped,
+                          meta=meta)
+
+
+def build_loaded_backbone(path: str | os.PathLike, arch: str | None = None) -> tuple[nn.Module, int, LoadedBackbone]:
+    """Build the backbone and load the checkpoint into it with ``strict=True``."""
+    loaded = load_backbone_state_dict(path, arch)
+    model, dim = build_backbone(loaded.arch, loaded.image_size)
+    model.load_state_dict(loaded.state_dict, strict=True)
+    return model, dim, loaded

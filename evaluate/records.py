@@ -1,0 +1,137 @@
+"""The result record: one JSON line per evaluation run, the only input of the table builder.
+
+Every evaluator ends by calling :func:`write_record`; nothing else writes result files, so a crashed
+run leaves no partial line that could be mistaken for a result (the line is written in one call at the
+very end, after all metrics exist).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "snclr-bench/result/v1"
+
+# Protocol families. A record's ``protocol`` is one of these; ``protocol_id`` spells out the exact
+# settings (mmselfsup-style, e.g. "linear_sgd-cos-90e-b4096-lr0.1").
+PROTOCOL_FAMILIES = (
+    "linear",         # standard linear probe (MoCo v3 main_lincls.py)
+    "linear_fast",    # linear head on cached features: a labelled deviation from the protocol
+    "knn",            # weighted kNN monitor (DINO eval_knn.py)
+    "semisup_1pct",   # fine-tuning on 1% labels
+    "semisup_10pct",  # fine-tuning on 10% labels
+    "detection",      # COCO-style Mask R-CNN transfer through detectron2
+)
+
+_REQUIRED = ("method", "backbone", "dataset", "protocol", "protocol_id", "metrics_final")
+
+
+class RecordError(ValueError):
+    """A result record that is malformed; the message names file and line."""
+
+
+@dataclasses.dataclass
+class ResultRecord:
+    method: str                       # "SNCLR", "MoCo v3", "random-init", ...
+    backbone: str                     # "resnet50", "vit_small", ...
+    dataset: str                      # "imagenet-1k", "fashion-mnist", "coco-2017", "synthetic-coco"
+    protocol: str                     # one of PROTOCOL_FAMILIES
+    protocol_id: str
+    metrics_final: dict[str, float]   # metric name -> value at the end of the run (percent for acc/AP)
+    metrics_best: dict[str, float] = dataclasses.field(default_factory=dict)  # best over epochs
+    pretrain_epochs: int | None = None
+    checkpoint_path: str = ""
+    checkpoint_sha256: str = ""
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # resolved protocol settings
+    variant: dict[str, Any] = dataclasses.field(default_factory=dict)   # pre-training ablation knobs
+    deviations: list[str] = dataclasses.field(default_factory=list)     # departures from the protocol
+    seed: int = 0
+    code_version: str = ""
+    wall_time_s: float = 0.0
+    created_at: str = ""
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOL_FAMILIES:
+            raise RecordError(f"protocol {self.protocol!r} is not one of {PROTOCOL_FAMILIES}")
+        if not self.created_at:
+            self.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if not self.code_version:
+            self.code_version = code_version()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def code_version() -> str:
+    """Git commit of this checkout (with "+dirty" if it has local changes), or "unknown"."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
+    """Append one record as a single JSON line (one write + fsync, so a line is whole or absent)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(record.to_json() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def parse_record(data: Any, where: str) -> ResultRecord:
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise RecordError(f"{where}: missing required field(s) {missing}")
+    if data.get("schema", SCHEMA) != SCHEMA:
+        raise RecordError(f"{where}: schema {data.get('schema')!r}, expected {SCHEMA!r}")
+    known = {field.name for field in dataclasses.fields(ResultRecord)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecordError(f"{where}: unknown field(s) {unknown}")
+    if not isinstance(data["metrics_final"], dict) or not all(
+            isinstance(v, (int, float)) for v in data["metrics_final"].values()):
+        raise RecordError(f"{where}: metrics_final must map metric names to numbers")
+    try:
+        return ResultRecord(**data)
+    except RecordError as error:
+        raise RecordError(f"{where}: {error}") from None
+
+
+def read_records(path: str | os.PathLike) -> list[ResultRecord]:
+    """Read a JSONL file of records; a malformed line raises RecordError naming file and line."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RecordError(f"{where}: not valid JSON ({error.msg})") from None
+            records.append(parse_record(data, where))
+    return records

@@ -1,0 +1,205 @@
+"""Data: the Fashion-MNIST IDX reader, ImageFolder trees, and the SNCLR/BYOL two-view augmentations.
+
+Every dataset yields ``(image, label, index)``; the index is the image's identity, stored beside each
+entry of the candidate set so that a query never retrieves another view of its own image.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import datasets, transforms
+
+# torchvision's ImageNet statistics, used by every backbone here and by the detectron2 configs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+FASHION_MNIST_ENV = "SNCLR_FASHION_MNIST"
+# Where Debian's package `dataset-fashion-mnist` installs the IDX files.
+FASHION_MNIST_DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+DATASETS = ("fashion-mnist", "imagefolder")
+
+
+class DataError(ValueError):
+    """Unusable data on disk; the message names the path and what was expected."""
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (plain or gzipped), the format of MNIST and Fashion-MNIST."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(4)
+            if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] != 0x08:
+                raise DataError(f"{path}: not an unsigned-byte IDX file (magic {header.hex()!r})")
+            ndim = header[3]
+            shape = struct.unpack(f">{ndim}I", handle.read(4 * ndim))
+            data = np.frombuffer(handle.read(), dtype=np.uint8)
+    except (OSError, EOFError, struct.error) as error:
+        raise DataError(f"{path}: cannot read IDX file ({error})") from None
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path}: header says shape {shape} but holds {data.size} values (truncated?)")
+    return data.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"{root}: no {stem}[.gz]; expected the four Fashion-MNIST IDX files there")
+
+
+def resolve_fashion_mnist_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The directory given, else $SNCLR_FASHION_MNIST, else Debian's install location."""
+    candidates = [data_dir] if data_dir else [os.environ.get(FASHION_MNIST_ENV), *FASHION_MNIST_DEFAULT_DIRS]
+    for candidate in filter(None, candidates):
+        if Path(candidate).is_dir():
+            return Path(candidate)
+        if data_dir:
+            raise DataError(f"data directory {candidate} does not exist")
+    raise DataError("no Fashion-MNIST copy found: install Debian's package with "
+                    "`sudo apt-get install dataset-fashion-mnist` (files land in "
+                    "/usr/share/datasets/fashion-mnist), or download the four IDX files from "
+                    "https://github.com/zalandoresearch/fashion-mnist and pass --data-dir DIR "
+                    f"(or set ${FASHION_MNIST_ENV})")
+
+
+class FashionMNIST(torch.utils.data.Dataset):
+    """Fashion-MNIST from its IDX files; images are returned as RGB PIL images (grey copied 3x)."""
+
+    classes = FASHION_MNIST_CLASSES
+
+    def __init__(self, root: str | os.PathLike | None, split: str = "train",
+                 transform: Callable | None = None, limit: int | None = None) -> None:
+        if split not in ("train", "test"):
+            raise DataError(f"Fashion-MNIST split {split!r}; expected 'train' or 'test'")
+        self.root = resolve_fashion_mnist_dir(root)
+        prefix = "train" if split == "train" else "t10k"
+        self.images = read_idx(_find_idx(self.root, f"{prefix}-images-idx3-ubyte"))
+        self.targets = read_idx(_find_idx(self.root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        if self.images.ndim != 3 or len(self.images) != len(self.targets):
+            raise DataError(f"{self.root}: {split} images {self.images.shape} and labels "
+                            f"{self.targets.shape} do not match")
+        if limit is not None:
+            keep = balanced_subset_indices(self.targets, limit)
+            self.images, self.targets = self.images[keep], self.targets[keep]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index]), index
+
+
+def balanced_subset_indices(targets: np.ndarray, limit: int) -> np.ndarray:
+    """The first ``limit // classes`` images of each class (deterministic; keeps classes balanced)."""
+    classes = np.unique(targets)
+    per_class = max(1, limit // len(classes))
+    keep = np.concatenate([np.flatnonzero(targets == c)[:per_class] for c in classes])
+    return np.sort(keep)
+
+
+class IndexedImageFolder(datasets.ImageFolder):
+    """torchvision ImageFolder that also returns the sample index; refuses empty class folders."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"data directory {root} does not exist")
+        empty = [d.name for d in sorted(root.iterdir()) if d.is_dir() and not any(d.iterdir())]
+        if empty:
+            raise DataError(f"{root}: class folder(s) {empty[:5]} contain no images")
+        try:
+            super().__init__(str(root), transform=transform)
+        except (FileNotFoundError, RuntimeError) as error:
+            raise DataError(f"{root}: not an ImageFolder tree ({error})") from None
+
+    def __getitem__(self, index: int):
+        image, target = super().__getitem__(index)
+        return image, target, index
+
+
+def build_dataset(name: str, root: str | os.PathLike | None, split: str,
+                  transform: Callable | None = None, limit: int | None = None) -> torch.utils.data.Dataset:
+    """``fashion-mnist`` (split train/test) or ``imagefolder`` (``root/split`` with split train/val)."""
+    if name == "fashion-mnist":
+        return FashionMNIST(root, "train" if split == "train" else "test", transform, limit)
+    if name == "imagefolder":
+        if root is None:
+            raise DataError("dataset 'imagefolder' needs --data-dir pointing at a folder with train/ and val/")
+        dataset = IndexedImageFolder(Path(root) / split, transform)
+        if limit is not None:
+            return torch.utils.data.Subset(dataset, balanced_subset_indices(np.array(dataset.targets), limit))
+        return dataset
+    raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def dataset_targets(dataset: torch.utils.data.Dataset) -> np.ndarray:
+    if isinstance(dataset, torch.utils.data.Subset):
+        return np.asarray(dataset_targets(dataset.dataset))[np.asarray(dataset.indices)]
+    return np.asarray(dataset.targets)
+
+
+def _blur_kernel(image_size: int) -> int:
+    # BYOL uses a 23 px kernel at 224 px, i.e. ~10% of the side; keep that ratio, odd, at least 3.
+    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
+
+
+def byol_view_transform(image_size: int, blur_p: float, solarize_p: float,
+                        min_scale: float = 0.08) -> transforms.Compose:
+    """One view of BYOL's asymmetric augmentation (Grill et al., 2020, Table 6), as MoCo v3 uses it."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(image_size, scale=(min_scale, 1.0)),
+        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.RandomApply([transforms.GaussianBlur(_blur_kernel(image_size), sigma=(0.1, 2.0))], p=blur_p),
+        transforms.RandomSolarize(threshold=128, p=solarize_p),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+class TwoViews:
+    """BYOL's asymmetric pair: view 1 always blurred and never solarised, view 2 rarely blurred and
+    solarised with p=0.2 (Grill et al., 2020, Table 6; MoCo v3 main_moco.py)."""
+
+    def __init__(self, image_size: int, min_scale: float = 0.08) -> None:
+        self.first = byol_view_transform(image_size, blur_p=1.0, solarize_p=0.0, min_scale=min_scale)
+        self.second = byol_view_transform(image_size, blur_p=0.1, solarize_p=0.2, min_scale=min_scale)
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.first(image), self.second(image)
+
+
+def eval_transform(image_size: int, crop_ratio: float = 0.875) -> transforms.Compose:
+    """Resize to image_size / crop_ratio then centre-crop (ImageNet: Resize(256) + CenterCrop(224))."""
+    return transforms.Compose([
+        transforms.Resize(round(image_size / crop_ratio)),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def linear_train_transform(image_size: int, min_scale: float = 0.08) -> transforms.Compose:
+    """Linear-probe training augmentation: RandomResizedCrop + flip (MoCo v3 main_lincls.py)."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(image_size, scale=(min_scale, 1.0)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
