@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from pretrain.provenance import code_version, file_sha256  # noqa: F401 - re-exported
 
 SCHEMA = "snclr-bench/result/v1"
 
@@ -66,27 +66,6 @@ class ResultRecord:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-
-def code_version() -> str:
-    """Git commit of this checkout (with "+dirty" if it has local changes), or "unknown"."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:

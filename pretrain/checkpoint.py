@@ -1,0 +1,78 @@
+"""Checkpoint I/O: atomic writes, strict reads with clear errors, and the state a resume needs."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "snclr-bench/pretrain/v1"
+LATEST = "checkpoint.pth"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``:
+    a crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states in a form torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": {"kind": kind, "keys": torch.from_numpy(keys.copy()),
+                                                  "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy(), numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_pretrain_checkpoint(path: str | os.PathLike, expect: dict | None = None) -> dict:
+    """Read one of our pre-training checkpoints; refuse corrupt or foreign files, and (with
+    ``expect``) checkpoints whose config disagrees on a key that fixes the model's shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure to unpickle means unusable
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not an snclr-bench pre-training checkpoint (format {found!r}, "
+                              f"expected {FORMAT!r}); to evaluate a foreign checkpoint use `python -m evaluate`")
+    for key in ("model", "optimizer", "epoch", "config"):
+        if key not in state:
+            raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    for key, value in (expect or {}).items():
+        if state["config"].get(key) != value:
+            raise CheckpointError(f"{path}: was trained with {key}={state['config'].get(key)!r} but this run "
+                                  f"has {key}={value!r}; use another --output-dir or matching flags")
+    return state

@@ -1,0 +1,170 @@
+"""Pre-training configuration: one dataclass, recipes as YAML files, CLI overrides, resolved dump."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the file / key / flag."""
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Every setting of a run. Defaults are the paper's ResNet-50 setting (SNCLR Sec. 4.1, App. A);
+    recipes in ``pretrain/recipes`` fix the rest per backbone and schedule."""
+    method: str = "SNCLR"
+    backbone: str = "resnet50"
+    dataset: str = "imagefolder"           # "imagefolder" (ImageNet layout: DIR/train/<class>/...) or "fashion-mnist"
+    data_dir: str | None = None
+    train_limit: int | None = None         # class-balanced subset of the training set (CPU recipes, tests)
+    image_size: int = 224
+    min_scale: float = 0.08                # RandomResizedCrop lower scale (BYOL / MoCo v3)
+    epochs: int = 100
+    batch_size: int = 4096                 # global batch, split over all ranks
+    optimizer: str = "lars"                # LARS for ResNet, AdamW for ViT (MoCo v3 main_moco.py)
+    base_lr: float = 0.3                   # lr = base_lr * batch_size / 256
+    weight_decay: float = 1e-6             # MoCo v3 ResNet-50; ViT recipes use 0.1
+    warmup_epochs: float = 10.0
+    warmup_start_lr: float = 1e-6
+    momentum: float = 0.99                 # EMA of the momentum branch
+    momentum_cosine: bool = False          # MoCo v3's cosine increase of the EMA coefficient to 1
+    temperature: float = 0.2               # T of Eq. 1/2
+    proj_hidden_dim: int = 4096            # Appendix A: FC(4096)-BN-ReLU-FC(256)
+    dim: int = 256
+    candidate_set_size: int = 128_000      # Table 6: 128,000 x 256 (131.07 MB)
+    k: int = 30                            # neighbours per key (Eq. 3)
+    neighbors: str = "soft"                # "soft" (Eq. 4), "binary" (w = 1), "none" (Eq. 1): Table 4
+    loss_form: str = "paper"               # "paper" (Eq. 2) or "official" (ChongjianGE/SNCLR code)
+    positiveness_temperature: float = 1.0  # tau_w of Eq. 4 (1 in the official code)
+    detach_weights: bool = False
+    neighbor_warmup_epochs: int = 10       # first m epochs use Eq. 1 (App. A); see recipes/README.md
+    amp: str = "auto"                      # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
+    device: str = "auto"
+    workers: int = 8
+    seed: int = 0
+    output_dir: str = "runs/pretrain"
+    save_every: int = 1                    # epochs between checkpoints (the last epoch is always saved)
+    log_every: int = 20                    # steps between metric log lines
+    max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
+
+    def validate(self) -> None:
+        from pretrain.backbones import BACKBONES
+        from pretrain.data import DATASETS
+        from pretrain.model import NEIGHBOR_MODES
+        from pretrain.losses import LOSS_FORMS
+        checks = [
+            (self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES)}"),
+            (self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}"),
+            (self.neighbors in NEIGHBOR_MODES, "neighbors", f"one of {', '.join(NEIGHBOR_MODES)}"),
+            (self.loss_form in LOSS_FORMS, "loss_form", f"one of {', '.join(LOSS_FORMS)}"),
+            (self.optimizer in ("lars", "adamw", "sgd"), "optimizer", "lars, adamw or sgd"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), "amp", "auto, bf16, fp16 or off"),
+            (self.k >= 0, "k", "a non-negative integer"),
+            (self.k <= self.candidate_set_size, "k", f"at most candidate_set_size ({self.candidate_set_size})"),
+            (self.batch_size > 0 and self.epochs > 0, "batch_size/epochs", "positive integers"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key.split('/')[0])!r}: expected {expected}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    base = data.pop("base", None)
+    if base:
+        data = {**_read_yaml(path.parent / base), **data}
+    return data
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """Recipe by name (``pretrain/recipes/NAME.yaml``) or by path; returns the merged key/values."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe {name_or_path!r}; expected a file or one of {', '.join(recipe_names())}")
+    data = _read_yaml(path)
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}")
+    return data
+
+
+def _field_type(name: str) -> type:
+    hint = typing.get_type_hints(PretrainConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _parse_optional(kind: type):
+    def parse(text: str):
+        return None if text.lower() == "none" else (_parse_bool(text) if kind is bool else kind(text))
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_override_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag-name`` per config field; unset flags keep the recipe's value."""
+    group = parser.add_argument_group("config overrides (any field of the recipe)")
+    for name, field in FIELDS.items():
+        kind = _field_type(name)
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=_parse_optional(kind),
+                           default=None, metavar=kind.__name__.upper(),
+                           help=f"(default: {field.default!r})")
+
+
+def resolve(recipe: str, overrides: dict) -> PretrainConfig:
+    values = load_recipe(recipe)
+    values.update({k: v for k, v in overrides.items() if v is not None and k in FIELDS})
+    try:
+        config = PretrainConfig(**values)
+    except TypeError as error:
+        raise ConfigError(f"recipe {recipe!r}: {error}") from None
+    for name in FIELDS:
+        value, kind = getattr(config, name), _field_type(name)
+        if value is not None and kind is float and isinstance(value, int):
+            setattr(config, name, float(value))
+        elif value is not None and not isinstance(value, kind):
+            raise ConfigError(f"recipe {recipe!r}: {name}={value!r} should be {kind.__name__}")
+    config.validate()
+    return config
+
+
+def dump(config: PretrainConfig, path: str | os.PathLike) -> None:
+    """Write the fully resolved config beside the outputs (atomically)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

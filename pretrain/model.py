@@ -1,0 +1,114 @@
+"""The SNCLR model (paper Fig. 2): online encoder + projector + predictor, momentum encoder +
+projector, and the candidate neighbour set; forward returns the symmetrised loss."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from pretrain import distributed as dist
+from pretrain.backbones import build_backbone, is_vit
+from pretrain.losses import positiveness, snclr_loss
+from pretrain.neighbors import CandidateSet, NeighborQuery
+
+NEIGHBOR_MODES = ("soft", "binary", "none")
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, last_bn: bool) -> nn.Sequential:
+    """Linear-BN-ReLU blocks then a final Linear (optionally followed by a non-affine BN, MoCo v3)."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    if last_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class StepStats:
+    """Loss plus detached monitors (tensors, so logging decides when to synchronise a GPU).
+
+    The mean of Eq. 4's weights is 1/K by construction, so the positiveness monitors are its largest
+    weight and its entropy (log K when uniform, 0 when one neighbour takes all)."""
+    loss: torch.Tensor
+    positiveness_max: torch.Tensor      # mean over rows of the largest neighbour weight
+    positiveness_entropy: torch.Tensor  # mean over rows of the entropy of the weights
+    neighbor_agreement: torch.Tensor    # fraction of neighbours sharing the key's label (monitor only)
+    neighbor_rows: torch.Tensor         # fraction of rows that had K valid neighbours
+
+
+class SNCLR(nn.Module):
+    def __init__(self, backbone: str, *, image_size: int = 224, proj_hidden_dim: int = 4096, dim: int = 256,
+                 temperature: float = 0.2, candidate_set_size: int = 128_000, k: int = 30,
+                 neighbors: str = "soft", loss_form: str = "paper", positiveness_temperature: float = 1.0,
+                 detach_weights: bool = False) -> None:
+        super().__init__()
+        if neighbors not in NEIGHBOR_MODES:
+            raise ValueError(f"neighbors={neighbors!r}; expected one of {NEIGHBOR_MODES}")
+        if k > candidate_set_size:
+            raise ValueError(f"k={k} is larger than the candidate set size {candidate_set_size}")
+        self.backbone, feature_dim = build_backbone(backbone, image_size)
+        if is_vit(backbone):   # MoCo v3 vit: 3-layer projector, 2-layer predictor, last BN non-affine
+            self.projector = mlp(feature_dim, proj_hidden_dim, dim, num_layers=3, last_bn=True)
+            self.predictor = mlp(dim, proj_hidden_dim, dim, num_layers=2, last_bn=True)
+        else:                  # SNCLR Appendix A for ResNet: FC-BN-ReLU-FC
+            self.projector = mlp(feature_dim, proj_hidden_dim, dim, num_layers=2, last_bn=False)
+            self.predictor = mlp(dim, proj_hidden_dim, dim, num_layers=2, last_bn=False)
+        self.momentum_backbone = copy.deepcopy(self.backbone)
+        self.momentum_projector = copy.deepcopy(self.projector)
+        for param in [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]:
+            param.requires_grad = False
+        self.candidate_set = CandidateSet(candidate_set_size, dim)
+        self.temperature, self.k, self.neighbors, self.loss_form = temperature, k, neighbors, loss_form
+        self.positiveness_temperature, self.detach_weights = positiveness_temperature, detach_weights
+
+    @torch.no_grad()
+    def update_momentum(self, momentum: float) -> None:
+        online = [*self.backbone.parameters(), *self.projector.parameters()]
+        target = [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, image_ids: torch.Tensor, labels: torch.Tensor,
+                momentum: float, use_neighbors: bool = True) -> StepStats:
+        """One SNCLR step on the local views; ``use_neighbors=False`` is Eq. 1 (neighbour warm-up)."""
+        y1, y2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
+        z1, z2 = self.predictor(y1), self.predictor(y2)
+        with torch.no_grad():
+            self.update_momentum(momentum)
+            k1 = dist.all_gather(self.momentum_projector(self.momentum_backbone(x1)).float())
+            k2 = dist.all_gather(self.momentum_projector(self.momentum_backbone(x2)).float())
+            all_ids, all_labels = dist.all_gather(image_ids), dist.all_gather(labels)
+        offset = dist.rank() * x1.shape[0]
+        k = self.k if (use_neighbors and self.neighbors != "none") else 0
+        found2 = self.candidate_set.query(k2, all_ids, k)
+        found1 = self.candidate_set.query(k1, all_ids, k)
+        options = dict(temperature=self.temperature, offset=offset, form=self.loss_form,
+                       weighting="binary" if self.neighbors == "binary" else "soft",
+                       positiveness_temperature=self.positiveness_temperature,
+                       detach_weights=self.detach_weights)
+        # MoCo v3 symmetrisation: ctr(q1, k2) + ctr(q2, k1), each scaled by 2T.
+        loss = 2 * self.temperature * (
+            snclr_loss(z1, y1, k2, found2.neighbors, neighbor_mask=found2.valid, **options)
+            + snclr_loss(z2, y2, k1, found1.neighbors, neighbor_mask=found1.valid, **options))
+        self.candidate_set.push(k1, all_ids, all_labels)
+        return StepStats(loss=loss, **self._monitor(y1, found2, all_labels, offset))
+
+    @torch.no_grad()
+    def _monitor(self, y1: torch.Tensor, found: NeighborQuery, all_labels: torch.Tensor,
+                 offset: int) -> dict[str, torch.Tensor]:
+        zero = y1.new_zeros(())
+        rows = slice(offset, offset + y1.shape[0])
+        valid = found.valid[rows]
+        if found.neighbors.shape[1] == 0 or not valid.any():
+            return dict(positiveness_max=zero, positiveness_entropy=zero, neighbor_agreement=zero,
+                        neighbor_rows=valid.float().mean() if found.neighbors.shape[1] else zero)
+        weights = positiveness(y1[valid], found.neighbors[rows][valid], self.positiveness_temperature)
+        entropy = -(weights * weights.clamp_min(1e-12).log()).sum(dim=1)
+        agree = (found.labels[rows][valid] == all_labels[rows][valid, None]).float()
+        return dict(positiveness_max=weights.max(dim=1).values.mean(), positiveness_entropy=entropy.mean(),
+                    neighbor_agreement=agree.mean(), neighbor_rows=valid.float().mean())

@@ -1,0 +1,71 @@
+"""The candidate neighbour set C of SNCLR (paper Sec. 3.2): a FIFO of momentum-projector outputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class NeighborQuery:
+    neighbors: torch.Tensor     # (N, K, d) L2-normalised entries of C
+    similarity: torch.Tensor    # (N, K) cosine similarity of each key to its neighbours
+    labels: torch.Tensor        # (N, K) dataset labels of the neighbours (-1 where unknown)
+    valid: torch.Tensor         # (N,) True where all K neighbours are real entries of other images
+
+
+class CandidateSet(nn.Module):
+    """FIFO of ``size`` x ``dim`` keys with the image index (and label, for monitoring) of each entry.
+
+    All state is in registered buffers, so it lives on the training device and goes into checkpoints.
+    Under DDP the caller pushes the *all-gathered* keys, so C is identical on every rank and does not
+    depend on the number of GPUs. Slots that were never written are never returned (the official code
+    fills C with random vectors at start), nor are entries of the querying key's own image
+    ("samples from other images", paper Fig. 2).
+    """
+
+    def __init__(self, size: int, dim: int, chunk_rows: int = 1024) -> None:
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"candidate set size must be positive, got {size}")
+        self.size, self.dim, self.chunk_rows = size, dim, chunk_rows
+        self.register_buffer("features", torch.zeros(size, dim))
+        self.register_buffer("image_ids", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor, image_ids: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Enqueue keys (oldest entries are overwritten first); keeps the last ``size`` if more."""
+        keys, image_ids = keys[-self.size:], image_ids[-self.size:]
+        labels = torch.full_like(image_ids, -1) if labels is None else labels[-self.size:]
+        slots = (self.pointer + torch.arange(keys.shape[0], device=keys.device)) % self.size
+        self.features[slots] = F.normalize(keys.float(), dim=-1)
+        self.image_ids[slots] = image_ids.long()
+        self.labels[slots] = labels.long()
+        self.pointer.copy_((self.pointer + keys.shape[0]) % self.size)
+        self.filled.copy_(torch.clamp(self.filled + keys.shape[0], max=self.size))
+
+    @torch.no_grad()
+    def query(self, keys: torch.Tensor, image_ids: torch.Tensor, k: int) -> NeighborQuery:
+        """Top-``k`` entries by cosine similarity (Eq. 3) for every key, never its own image."""
+        if k > self.size:
+            raise ValueError(f"K={k} neighbours requested but the candidate set holds only {self.size}")
+        keys = F.normalize(keys.float(), dim=-1)
+        unusable = self.image_ids < 0
+        similarity, index = [], []
+        # Chunked so that the (N, size) similarity matrix is never held whole (4096 x 128k fp32 = 2 GB).
+        for start in range(0, keys.shape[0], self.chunk_rows):
+            block = keys[start:start + self.chunk_rows] @ self.features.T
+            own = self.image_ids[None, :] == image_ids[start:start + self.chunk_rows, None]
+            block = block.masked_fill(own | unusable[None, :], float("-inf"))
+            top = block.topk(k, dim=1)
+            similarity.append(top.values)
+            index.append(top.indices)
+        similarity, index = torch.cat(similarity), torch.cat(index)
+        valid = torch.isfinite(similarity).all(dim=1)
+        return NeighborQuery(neighbors=self.features[index], similarity=similarity,
+                             labels=self.labels[index], valid=valid)

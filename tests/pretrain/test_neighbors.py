@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from pretrain.neighbors import CandidateSet
+
+
+def test_fifo_overwrites_oldest_and_counts_fill():
+    c = CandidateSet(size=4, dim=2)
+    c.push(torch.tensor([[1.0, 0], [0, 1], [1, 1]]), torch.tensor([10, 11, 12]))
+    assert int(c.filled) == 3 and int(c.pointer) == 3
+    c.push(torch.tensor([[-1.0, 0], [0, -1]]), torch.tensor([13, 14]))
+    assert c.image_ids.tolist() == [14, 11, 12, 13]          # slot 0 (id 10) was the oldest
+    assert int(c.filled) == 4 and int(c.pointer) == 1
+    assert torch.allclose(c.features.norm(dim=1), torch.ones(4))
+
+
+def test_query_top_k_by_cosine_excludes_own_image_and_empty_slots():
+    c = CandidateSet(size=8, dim=2)
+    c.push(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]]), torch.tensor([0, 1, 2, 3]),
+           torch.tensor([5, 6, 7, 8]))
+    found = c.query(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 99]), k=2)
+    # key of image 0 must skip its own entry (id 0) and never see the 4 unwritten slots
+    assert found.labels[0].tolist() == [6, 7]
+    assert found.labels[1].tolist() == [5, 6]
+    assert found.similarity[1, 0].item() == pytest.approx(1.0)
+    assert found.valid.tolist() == [True, True]
+
+
+def test_query_marks_rows_without_k_real_neighbors():
+    c = CandidateSet(size=8, dim=2)
+    c.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+    found = c.query(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 5]), k=2)
+    assert found.valid.tolist() == [False, True]   # image 0 has only one entry from another image
+
+
+def test_chunked_query_equals_unchunked():
+    g = torch.Generator().manual_seed(0)
+    a, b = CandidateSet(64, 8, chunk_rows=3), CandidateSet(64, 8, chunk_rows=1024)
+    feats, ids = torch.randn(50, 8, generator=g), torch.arange(50)
+    a.push(feats, ids)
+    b.push(feats, ids)
+    keys = torch.randn(10, 8, generator=g)
+    assert torch.equal(a.query(keys, torch.arange(10), 5).neighbors, b.query(keys, torch.arange(10), 5).neighbors)
+
+
+def test_k_larger_than_set_is_refused():
+    with pytest.raises(ValueError, match="K=9"):
+        CandidateSet(size=8, dim=2).query(torch.ones(1, 2), torch.zeros(1, dtype=torch.long), k=9)
+
+
+def test_state_is_in_buffers_for_checkpoints():
+    c = CandidateSet(size=4, dim=2)
+    c.push(torch.ones(2, 2), torch.tensor([3, 4]))
+    d = CandidateSet(size=4, dim=2)
+    d.load_state_dict(c.state_dict())
+    assert d.image_ids.tolist() == [3, 4, -1, -1] and int(d.pointer) == 2
