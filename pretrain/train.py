@@ -42,6 +42,13 @@ class EpochSampler(torch.utils.data.DistributedSampler):
         return super().__len__() - self.skip
 
 
+def local_batch_size(batch_size: int, world: int) -> int:
+    if batch_size % world:
+        raise ConfigError(f"batch_size={batch_size} is not divisible by the world size {world}; "
+                          f"use a multiple of {world}")
+    return batch_size // world
+
+
 def model_from_config(config: PretrainConfig) -> SNCLR:
     return SNCLR(config.backbone, image_size=config.image_size, proj_hidden_dim=config.proj_hidden_dim,
                  dim=config.dim, temperature=config.temperature, candidate_set_size=config.candidate_set_size,
@@ -94,9 +101,7 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
     """Pre-train SNCLR with ``config``; returns the path of the final checkpoint."""
     device = dist.init_distributed(config.device)
     world, rank = dist.world_size(), dist.rank()
-    if config.batch_size % world:
-        raise ConfigError(f"batch_size={config.batch_size} is not divisible by the world size {world}")
-    local_batch = config.batch_size // world
+    local_batch = local_batch_size(config.batch_size, world)
     out_dir = Path(config.output_dir)
     latest = out_dir / ckpt.LATEST
     expect = {key: getattr(config, key) for key in SHAPE_KEYS}

@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.11:
+#   make demo   # the main job: pre-train, evaluate, detect, tables and plots on the embedded data
+#   make test   # the test suite (what CI runs)
+# The first call creates .venv and installs the pinned requirements, detectron2 (CPU path) and the
+# Fashion-MNIST data set; later calls reuse them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo demo-quick test test-fast setup clean-demo
+
+$(STAMP): requirements.txt requirements-detectron2.txt scripts/install_detectron2.sh scripts/get_fashion_mnist.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -r requirements.txt
+	bash scripts/install_detectron2.sh $(PY)
+	bash scripts/get_fashion_mnist.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m evaluate demo --out results/demo
+
+demo-quick: $(STAMP)
+	$(PY) -m evaluate demo --quick --out results/demo-quick
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean-demo:
+	rm -rf results/demo results/demo-quick

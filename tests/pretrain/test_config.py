@@ -1,0 +1,47 @@
+import pytest
+import yaml
+
+from pretrain.config import ConfigError, PretrainConfig, dump, load_recipe, recipe_names, resolve
+
+
+def test_paper_recipes_resolve_with_their_settings():
+    assert {"resnet50_100ep", "resnet50_800ep", "vit_small_300ep", "vit_base_300ep",
+            "fmnist_resnet18_cpu"} <= set(recipe_names())
+    r50 = resolve("resnet50_800ep", {})
+    assert (r50.epochs, r50.optimizer, r50.base_lr, r50.warmup_epochs, r50.k) == (800, "lars", 0.3, 10.0, 30)
+    assert (r50.candidate_set_size, r50.dim, r50.temperature) == (128_000, 256, 0.2)
+    vit = resolve("vit_small_300ep", {})
+    assert (vit.backbone, vit.optimizer, vit.base_lr, vit.weight_decay, vit.warmup_epochs) == \
+        ("vit_small", "adamw", 1.5e-4, 0.1, 40.0)
+
+
+def test_overrides_win_and_types_are_kept():
+    config = resolve("resnet50_100ep", {"k": 5, "neighbors": "binary", "epochs": None})
+    assert config.k == 5 and config.neighbors == "binary" and config.epochs == 100
+    assert isinstance(config.warmup_epochs, float)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"backbone": "resnet5"}, "backbone='resnet5': expected one of resnet18"),
+    ({"k": 100, "candidate_set_size": 50}, "k=100: expected at most candidate_set_size (50)"),
+    ({"neighbors": "hard"}, "neighbors='hard'"),
+    ({"loss_form": "mine"}, "loss_form='mine'"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve("fmnist_resnet18_cpu", override)
+
+
+def test_unknown_recipe_and_unknown_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown recipe 'resnet51'"):
+        load_recipe("resnet51")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbone: resnet18\nlearning_rate: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate'\]"):
+        load_recipe(str(bad))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = resolve("fmnist_resnet18_cpu", {"seed": 3})
+    dump(config, tmp_path / "config.yaml")
+    assert PretrainConfig(**yaml.safe_load((tmp_path / "config.yaml").read_text())) == config

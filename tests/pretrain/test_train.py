@@ -1,0 +1,122 @@
+"""The training loop end to end on a tiny real image tree: outputs, resume, and bad input."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+from pretrain.__main__ import main
+from pretrain.checkpoint import FORMAT, save_atomic
+from pretrain.config import ConfigError
+from pretrain.train import EpochSampler, local_batch_size
+
+TINY = ["--recipe", "fmnist_resnet18_cpu", "--dataset", "imagefolder", "--train-limit", "none",
+        "--batch-size", "16", "--candidate-set-size", "64", "--k", "4", "--proj-hidden-dim", "32", "--dim", "16",
+        "--neighbor-warmup-epochs", "1", "--warmup-epochs", "1", "--workers", "0", "--log-every", "1",
+        "--max-steps-per-epoch", "2"]
+
+
+def run(tree, out, *extra):
+    return main([*TINY, "--data-dir", str(tree), "--output-dir", str(out), *extra])
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(image_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert run(image_tree, out, "--epochs", "2") == 0
+    return out
+
+
+def test_outputs_and_checkpoint_contents(two_epoch_run):
+    out = two_epoch_run
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "checkpoint.pth", "snclr_resnet18_ep2.pth"} <= \
+        {p.name for p in out.iterdir()}
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert state["format"] == FORMAT and state["epoch"] == 2 and state["global_step"] == 4
+    assert {"optimizer", "scaler", "rng", "config", "code_version"} <= set(state)
+    assert state["model"]["candidate_set.features"].shape == (64, 16)
+    assert int(state["model"]["candidate_set.filled"]) == 4 * 16  # one push of the batch per step
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["neighbors_on"] for r in rows] == [0, 0, 1, 1]      # 1 warm-up epoch of Eq. 1
+    assert rows[-1]["neighbor_rows"] == 1.0 and rows[0]["neighbor_rows"] == 0.0
+    assert rows[0]["lr"] < rows[1]["lr"]                          # linear warm-up
+    assert all(r["loss"] > 0 for r in rows)
+
+
+def test_resume_continues_exactly(image_tree, tmp_path, two_epoch_run):
+    """1 epoch, then a second invocation (auto-resume from the output dir) == 2 epochs straight."""
+    assert run(image_tree, tmp_path, "--epochs", "1") == 0
+    assert run(image_tree, tmp_path, "--epochs", "2") == 0
+    resumed = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
+    straight = torch.load(two_epoch_run / "checkpoint.pth", weights_only=True)["model"]
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
+def test_sampler_skips_the_steps_already_done(image_tree):
+    dataset = list(range(40))
+    full, resumed = EpochSampler(dataset, 1, 0, seed=0), EpochSampler(dataset, 1, 0, seed=0)
+    full.set_epoch(3)
+    resumed.set_epoch(3)
+    resumed.skip = 8
+    assert list(resumed) == list(full)[8:] and len(resumed) == 32
+
+
+def test_batch_not_divisible_by_world_size():
+    assert local_batch_size(256, 8) == 32
+    with pytest.raises(ConfigError, match="batch_size=10 is not divisible by the world size 4"):
+        local_batch_size(10, 4)
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    assert main([*TINY, "--data-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert _error_line(capsys) == f"error: data directory {tmp_path / 'nope' / 'train'} does not exist"
+
+
+def test_unknown_backbone_and_recipe(tmp_path, capsys):
+    assert main([*TINY, "--backbone", "resnet5", "--output-dir", str(tmp_path)]) == 2
+    assert "backbone='resnet5': expected one of" in _error_line(capsys)
+    assert main(["--recipe", "nope", "--output-dir", str(tmp_path)]) == 2
+    assert "unknown recipe 'nope'" in _error_line(capsys)
+
+
+def test_k_larger_than_candidate_set(tmp_path, capsys):
+    assert main([*TINY, "--k", "65", "--output-dir", str(tmp_path)]) == 2
+    assert "k=65: expected at most candidate_set_size (64)" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "foreign", "other-backbone"])
+def test_bad_resume_checkpoint_is_refused_and_nothing_is_overwritten(image_tree, two_epoch_run, tmp_path,
+                                                                     capsys, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    existing = out / "checkpoint.pth"
+    existing.write_bytes((two_epoch_run / "checkpoint.pth").read_bytes())
+    before = sha(existing)
+    bad = tmp_path / "bad.pth"
+    if kind == "corrupt":
+        bad.write_bytes((two_epoch_run / "checkpoint.pth").read_bytes()[:5000])
+        expected = "corrupt or unreadable checkpoint"
+    elif kind == "foreign":
+        import torchvision
+        save_atomic(torchvision.models.resnet18().state_dict(), bad)
+        expected = "not an snclr-bench pre-training checkpoint"
+    else:
+        state = torch.load(two_epoch_run / "checkpoint.pth", weights_only=True)
+        state["config"]["backbone"] = "resnet50"
+        save_atomic(state, bad)
+        expected = "was trained with backbone='resnet50' but this run has backbone='resnet18'"
+    assert run(image_tree, out, "--epochs", "3", "--resume", str(bad)) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: {bad}") and expected in line
+    assert sha(existing) == before
