@@ -54,6 +54,11 @@ class CandidateSet(nn.Module):
         """Top-``k`` entries by cosine similarity (Eq. 3) for every key, never its own image."""
         if k > self.size:
             raise ValueError(f"K={k} neighbours requested but the candidate set holds only {self.size}")
+        if k == 0:   # Eq. 1 steps (warm-up, "none" ablation) skip the N x size similarity entirely
+            n = keys.shape[0]
+            return NeighborQuery(neighbors=keys.new_zeros(n, 0, self.dim), similarity=keys.new_zeros(n, 0),
+                                 labels=image_ids.new_zeros(n, 0), valid=torch.zeros(n, dtype=torch.bool,
+                                                                                     device=keys.device))
         keys = F.normalize(keys.float(), dim=-1)
         unusable = self.image_ids < 0
         similarity, index = [], []

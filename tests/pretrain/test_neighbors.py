@@ -54,3 +54,9 @@ def test_state_is_in_buffers_for_checkpoints():
     d = CandidateSet(size=4, dim=2)
     d.load_state_dict(c.state_dict())
     assert d.image_ids.tolist() == [3, 4, -1, -1] and int(d.pointer) == 2
+
+
+def test_k0_returns_no_neighbors_without_scanning():
+    c = CandidateSet(size=8, dim=2)
+    found = c.query(torch.ones(3, 2), torch.arange(3), k=0)
+    assert found.neighbors.shape == (3, 0, 2) and found.valid.tolist() == [False] * 3
