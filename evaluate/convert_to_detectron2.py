@@ -1,0 +1,287 @@
+"""Convert a pre-trained ResNet checkpoint into detectron2's weight format.
+
+Usage: python -m evaluate.convert_to_detectron2 INPUT OUTPUT [--arch resnet50] [--verify]
+
+INPUT is any checkpoint ``evaluate.backbone_loading`` reads (ours, MoCo v1/v2/v3, DINO, solo-learn,
+plain torchvision); its format is detected. OUTPUT is a pickle in the layout detectron2's own
+converters write (MoCo's ``detection/convert-pretrain-to-detectron2.py``):
+``{"model": {name: numpy array}, "__author__": "snclr-bench", "matching_heuristics": True}`` with
+detectron2's ResNet names (stem.conv1, stem.conv1.norm, res2..res5, convN.norm, shortcut,
+shortcut.norm). ``matching_heuristics`` tells detectron2's checkpointer to match these names by suffix
+to ``backbone.bottom_up.*``. A sidecar ``OUTPUT.json`` records the source sha256, format, arch,
+tensor count and every dropped key; ``evaluate.detection`` reads it to fill the result record.
+
+detectron2 only logs names it could not match, so a wrong prefix silently gives a randomly
+initialised backbone. ``--verify`` guards against that: it builds the Mask R-CNN of our config,
+loads OUTPUT through detectron2's own checkpointer, and fails unless every ``backbone.bottom_up``
+parameter and buffer was loaded and equals the source tensor.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluate.backbone_loading import BackboneLoadError, load_backbone_state_dict
+from evaluate.records import file_sha256
+
+log = logging.getLogger(__name__)
+
+AUTHOR = "snclr-bench"
+SIDECAR_FORMAT = "snclr-bench/detectron2-weights/v1"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_VERIFY_CONFIG = REPO / "detectron2_configs" / "mask_rcnn_R_50_FPN_1x_ssl.yaml"
+
+# Backbone tensors per architecture (torchvision ResNet minus fc and num_batches_tracked). Counting
+# them catches a checkpoint that lost or gained layers before detectron2 gets a chance to ignore it.
+EXPECTED_TENSORS = {"resnet18": 100, "resnet34": 180, "resnet50": 265, "resnet101": 520}
+# detectron2's RESNETS settings for each architecture: R18/R34 use BasicBlock, whose res2 has 64 channels.
+DETECTRON2_RESNETS = {"resnet18": {"DEPTH": 18, "RES2_OUT_CHANNELS": 64},
+                      "resnet34": {"DEPTH": 34, "RES2_OUT_CHANNELS": 64},
+                      "resnet50": {"DEPTH": 50, "RES2_OUT_CHANNELS": 256},
+                      "resnet101": {"DEPTH": 101, "RES2_OUT_CHANNELS": 256}}
+
+_STEM = {"conv1.weight": "stem.conv1.weight"}
+_BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(\w+)$")
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted, or a conversion that detectron2 does not load back."""
+
+
+def _detectron2_name(key: str) -> str:
+    """detectron2 name of one torchvision ResNet tensor name; raises ConversionError for any other name."""
+    if key in _STEM:
+        return _STEM[key]
+    if key.startswith("bn1.") and key[4:] in _BN_FIELDS:
+        return f"stem.conv1.norm.{key[4:]}"
+    match = _BLOCK_KEY.match(key)
+    if match is None:
+        raise ConversionError(f"tensor {key!r} is not part of a torchvision ResNet backbone")
+    stage, block, layer, field = match.groups()
+    # torchvision's layer1..layer4 are detectron2's res2..res5 (the stem is "stage 1" in both papers).
+    prefix = f"res{int(stage) + 1}.{block}"
+    if layer.startswith("conv"):
+        return f"{prefix}.{layer}.{field}"
+    if layer.startswith("bn"):
+        return f"{prefix}.conv{layer[2]}.norm.{field}"
+    return f"{prefix}.shortcut.{field}" if layer == "downsample.0" else f"{prefix}.shortcut.norm.{field}"
+
+
+def torchvision_resnet_to_detectron2(state_dict: Mapping[str, torch.Tensor]
+                                     ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Rename a torchvision ResNet state dict to detectron2's names, as float32 numpy arrays.
+
+    Drops ``fc.*`` (the classifier is replaced by detection heads) and ``num_batches_tracked`` (detectron2's
+    norms do not use it). Returns the converted dict and the sorted list of dropped keys; any other
+    name that is not a ResNet tensor raises ConversionError, so nothing is silently left behind.
+    """
+    converted: dict[str, np.ndarray] = {}
+    dropped: list[str] = []
+    for key, value in state_dict.items():
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            dropped.append(key)
+            continue
+        converted[_detectron2_name(key)] = value.detach().to("cpu", torch.float32).numpy().copy()
+    return converted, sorted(dropped)
+
+
+@dataclasses.dataclass
+class ConversionSummary:
+    output_path: Path
+    sidecar_path: Path
+    arch: str
+    source_format: str
+    source_sha256: str
+    tensor_count: int
+    dropped_keys: list[str]
+    meta: dict[str, Any]
+
+
+def sidecar_path_for(output_path: str | os.PathLike) -> Path:
+    """``weights.pkl`` -> ``weights.pkl.json`` (next to the weights, impossible to confuse with them)."""
+    output_path = Path(output_path)
+    return output_path.with_name(output_path.name + ".json")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_detectron2_weights(path: str | os.PathLike, model: Mapping[str, np.ndarray]) -> Path:
+    """Write ``model`` as a detectron2 weight pickle (the layout of detectron2's and MoCo's converters)."""
+    payload = {"model": dict(model), "__author__": AUTHOR, "matching_heuristics": True}
+    path = Path(path)
+    _atomic_write(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+def convert_checkpoint(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                       arch: str | None = None) -> tuple[ConversionSummary, dict[str, np.ndarray]]:
+    """Convert one checkpoint; writes OUTPUT and OUTPUT.json and returns the summary and converted arrays."""
+    loaded = load_backbone_state_dict(input_path, arch)
+    if loaded.arch not in EXPECTED_TENSORS:
+        raise ConversionError(f"{input_path}: backbone {loaded.arch!r} cannot go to detectron2; "
+                              f"expected one of {sorted(EXPECTED_TENSORS)}")
+    model, dropped_here = torchvision_resnet_to_detectron2(loaded.state_dict)
+    if len(model) != EXPECTED_TENSORS[loaded.arch]:
+        raise ConversionError(f"{input_path}: {len(model)} backbone tensors after conversion, expected exactly "
+                              f"{EXPECTED_TENSORS[loaded.arch]} for {loaded.arch}")
+    output_path = Path(output_path)
+    # A sidecar left from an earlier conversion must never describe these new weights.
+    sidecar_path_for(output_path).unlink(missing_ok=True)
+    write_detectron2_weights(output_path, model)
+    summary = ConversionSummary(
+        output_path=output_path, sidecar_path=sidecar_path_for(output_path), arch=loaded.arch,
+        source_format=loaded.source_format, source_sha256=loaded.sha256, tensor_count=len(model),
+        dropped_keys=sorted(set(loaded.dropped_keys) | set(dropped_here)), meta=dict(loaded.meta))
+    sidecar = {"format": SIDECAR_FORMAT, "source_path": str(Path(input_path).resolve()),
+               "source_sha256": summary.source_sha256, "source_format": summary.source_format,
+               "weights_sha256": file_sha256(output_path), "arch": summary.arch,
+               "detectron2_resnets": DETECTRON2_RESNETS[summary.arch], "tensor_count": summary.tensor_count,
+               "dropped_keys": summary.dropped_keys, "meta": summary.meta}
+    text = json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n"
+    _atomic_write(summary.sidecar_path, text.encode("utf-8"))
+    log.info("wrote %s (%d tensors, %s from %s) and %s", output_path, summary.tensor_count, summary.arch,
+             summary.source_format, summary.sidecar_path)
+    return summary, model
+
+
+def verify_with_detectron2(weights_path: str | os.PathLike, expected: Mapping[str, np.ndarray], arch: str,
+                           config_path: str | os.PathLike = DEFAULT_VERIFY_CONFIG) -> int:
+    """Load ``weights_path`` into the Mask R-CNN of ``config_path`` through detectron2's checkpointer.
+
+    Every ``backbone.bottom_up`` parameter and buffer is first set to NaN, so one that detectron2 did not
+    load (it only logs such names) stays NaN and fails the exact comparison with ``expected`` (the
+    converted source tensors, keyed by detectron2 name). ``num_batches_tracked`` is excluded: the source
+    drops it on purpose. Returns the number of tensors checked; raises ConversionError otherwise.
+    """
+    from evaluate.d2_compat import import_detectron2
+    import_detectron2()
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    if arch not in DETECTRON2_RESNETS:
+        raise ConversionError(f"--arch {arch!r} has no detectron2 ResNet; expected one of {sorted(DETECTRON2_RESNETS)}")
+    cfg = get_cfg()
+    cfg.merge_from_file(str(config_path))
+    cfg.MODEL.DEVICE = "cpu"
+    # Names are identical for BN, SyncBN and FrozenBN; plain BN builds without a process group.
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.FPN.NORM = "BN"
+    for key, value in DETECTRON2_RESNETS[arch].items():
+        setattr(cfg.MODEL.RESNETS, key, value)
+    cfg.MODEL.WEIGHTS = ""
+    model = build_model(cfg)
+    bottom_up = model.backbone.bottom_up
+    with torch.no_grad():
+        for tensor in bottom_up.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.fill_(math.nan)
+    # detectron2 lists at WARNING every model tensor the file lacks (here: all of FPN and the heads, as
+    # intended); check_bottom_up below reports what matters in one line, so that list is held back.
+    quiet = [logging.getLogger(name) for name in ("fvcore", "detectron2")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        DetectionCheckpointer(model).load(str(weights_path))
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+    checked = check_bottom_up(bottom_up.state_dict(), expected, str(weights_path))
+    log.info("verified through detectron2: all %d backbone.bottom_up tensors loaded and equal", checked)
+    return checked
+
+
+def check_bottom_up(state: Mapping[str, torch.Tensor], expected: Mapping[str, np.ndarray], where: str) -> int:
+    """Require every tensor of a detectron2 ``backbone.bottom_up`` state to equal ``expected`` exactly.
+
+    NaN counts as not loaded (verify_with_detectron2 fills the model with NaN before loading).
+    ``num_batches_tracked`` is skipped: the conversion drops it on purpose. Returns the number of
+    tensors checked; raises ConversionError naming the first offender of each kind.
+    """
+    not_loaded, different, checked = [], [], 0
+    for name, tensor in state.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        checked += 1
+        value = tensor.detach().cpu().numpy()
+        source = expected.get(name)
+        if source is None or np.isnan(value).any():
+            not_loaded.append(name)
+        elif source.shape != value.shape or not np.array_equal(source, value):
+            different.append(name)
+    unused = sorted(set(expected) - set(state))
+    if not_loaded or different or unused:
+        parts = []
+        if not_loaded:
+            parts.append(f"{len(not_loaded)} of {checked} backbone.bottom_up tensors not loaded (e.g. {not_loaded[0]})")
+        if different:
+            parts.append(f"{len(different)} differ from the source (e.g. {different[0]})")
+        if unused:
+            parts.append(f"{len(unused)} converted tensors unused by detectron2 (e.g. {unused[0]})")
+        raise ConversionError(f"{where}: detectron2 backbone check failed: " + "; ".join(parts))
+    return checked
+
+
+def read_detectron2_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The ``model`` dict of a weight pickle written by write_detectron2_weights."""
+    with open(path, "rb") as handle:
+        payload = pickle.load(handle)
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+        raise ConversionError(f"{path}: not a detectron2 weight pickle (no 'model' dict)")
+    return payload["model"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluate.convert_to_detectron2",
+        description="Convert a pre-trained ResNet checkpoint (ours, MoCo v1/v2/v3, DINO, solo-learn, torchvision; "
+                    "format detected) into a detectron2 weight pickle plus a sidecar OUTPUT.json.")
+    parser.add_argument("input", help="pre-training checkpoint (.pth/.pth.tar/.ckpt)")
+    parser.add_argument("output", help="detectron2 weights to write, e.g. out/snclr_r50.pkl")
+    parser.add_argument("--arch", choices=sorted(EXPECTED_TENSORS), default=None,
+                        help="backbone architecture (default: detected from the checkpoint)")
+    parser.add_argument("--verify", action="store_true",
+                        help="load OUTPUT through detectron2's checkpointer and fail unless every backbone tensor "
+                             "was loaded and equals the source (needs detectron2)")
+    parser.add_argument("--config-file", default=str(DEFAULT_VERIFY_CONFIG),
+                        help="detectron2 config that --verify builds (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary, model = convert_checkpoint(args.input, args.output, arch=args.arch)
+        if args.verify:
+            verify_with_detectron2(summary.output_path, model, summary.arch, args.config_file)
+    except (BackboneLoadError, ConversionError, ImportError, OSError) as error:
+        raise SystemExit(f"error: {str(error).splitlines()[0]}") from None
+    verified = ", verified through detectron2" if args.verify else ""
+    print(f"wrote {summary.output_path} ({summary.tensor_count} tensors, {summary.arch}, "
+          f"{summary.source_format}{verified}) and {summary.sidecar_path}")
+
+
+if __name__ == "__main__":
+    main()

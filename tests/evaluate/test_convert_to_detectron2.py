@@ -1,0 +1,208 @@
+"""Converter to detectron2: names, counts, every source format, and the --verify round trip."""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from evaluate.convert_to_detectron2 import (EXPECTED_TENSORS, ConversionError, convert_checkpoint,
+                                            torchvision_resnet_to_detectron2, verify_with_detectron2,
+                                            write_detectron2_weights)
+from evaluate.d2_compat import detectron2_missing_reason
+from evaluate.records import file_sha256
+
+REPO = Path(__file__).resolve().parents[2]
+D2_MISSING = detectron2_missing_reason()
+needs_detectron2 = pytest.mark.skipif(D2_MISSING is not None, reason=str(D2_MISSING))
+
+
+def _resnet_state(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(weights=None)
+    with torch.no_grad():  # non-trivial BN statistics, so a swapped mean/var would show
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+                module.num_batches_tracked.fill_(7)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def resnet50_state() -> dict[str, torch.Tensor]:
+    return _resnet_state("resnet50")
+
+
+def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + key: value for key, value in state.items()}
+
+
+def _other_encoder(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A second encoder (momentum / student) that differs from ``state`` in conv1 only.
+
+    The other tensors share storage, which torch.save stores once, so the files stay small.
+    """
+    return {**state, "conv1.weight": state["conv1.weight"] + 1.0}
+
+
+def _wrap(fmt: str, state: dict[str, torch.Tensor]) -> tuple[object, list[str]]:
+    """``state`` wrapped the way each source saves it; returns the object and keys that must be dropped."""
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    other = _other_encoder(backbone)
+    head = {"0.weight": torch.randn(8, 2048), "0.bias": torch.randn(8)}
+    if fmt == "snclr":
+        model = {**_prefixed(backbone, "backbone."), **_prefixed(other, "momentum_backbone."),
+                 **_prefixed(head, "projector."), **_prefixed(head, "momentum_projector."),
+                 **_prefixed(head, "predictor."), "candidate_set.embeddings": torch.randn(16, 8),
+                 "candidate_set.image_ids": torch.arange(16)}
+        obj = {"format": "snclr-bench/pretrain/v1", "model": model, "epoch": 3,
+               "config": {"backbone": "resnet50", "epochs": 3, "method": "SNCLR"}, "optimizer": {}}
+        return obj, ["momentum_backbone.conv1.weight", "projector.0.weight", "predictor.0.bias",
+                     "candidate_set.embeddings"]
+    if fmt == "mocov3":  # main_moco.py: projector lives in base_encoder.fc
+        sd = {**_prefixed(backbone, "module.base_encoder."), **_prefixed(head, "module.base_encoder.fc."),
+              **_prefixed(other, "module.momentum_encoder."), **_prefixed(head, "module.predictor.")}
+        return {"state_dict": sd, "epoch": 100, "arch": "resnet50"}, [
+            "module.momentum_encoder.conv1.weight", "module.predictor.0.weight"]
+    if fmt == "mocov2":  # main_moco.py: MLP head in encoder_q.fc, a queue buffer
+        sd = {**_prefixed(backbone, "module.encoder_q."), **_prefixed(head, "module.encoder_q.fc."),
+              **_prefixed(other, "module.encoder_k."), "module.queue": torch.randn(128, 16),
+              "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+        return {"state_dict": sd, "epoch": 200, "arch": "resnet50"}, ["module.encoder_k.conv1.weight", "module.queue"]
+    if fmt == "dino":  # the teacher is DINO's evaluated network; the student differs
+        teacher = {**_prefixed(backbone, "backbone."), **_prefixed(head, "head.mlp.")}
+        student = {**_prefixed(other, "module.backbone."), **_prefixed(head, "module.head.mlp.")}
+        return {"teacher": teacher, "student": student, "epoch": 100}, ["teacher.head.mlp.0.weight"]
+    if fmt == "solo-learn":  # Lightning checkpoint of a solo-learn method
+        sd = {**_prefixed(backbone, "backbone."), **_prefixed(head, "projector."),
+              **_prefixed(other, "momentum_backbone."), "classifier.weight": torch.randn(10, 2048)}
+        return {"state_dict": sd, "epoch": 400}, ["momentum_backbone.conv1.weight", "classifier.weight"]
+    assert fmt == "torchvision"
+    return state, ["fc.weight", "fc.bias"]
+
+
+def test_mapping_renames_by_hand_checked_rules(resnet50_state: dict[str, torch.Tensor]) -> None:
+    converted, dropped = torchvision_resnet_to_detectron2(resnet50_state)
+    assert len(converted) == EXPECTED_TENSORS["resnet50"] == 265
+    expected_pairs = {
+        "conv1.weight": "stem.conv1.weight",
+        "bn1.running_var": "stem.conv1.norm.running_var",
+        "layer1.0.conv1.weight": "res2.0.conv1.weight",
+        "layer1.0.downsample.0.weight": "res2.0.shortcut.weight",
+        "layer1.0.downsample.1.running_mean": "res2.0.shortcut.norm.running_mean",
+        "layer3.5.bn2.weight": "res4.5.conv2.norm.weight",
+        "layer4.2.bn3.bias": "res5.2.conv3.norm.bias",
+    }
+    for source, target in expected_pairs.items():
+        assert np.array_equal(converted[target], resnet50_state[source].numpy()), (source, target)
+        assert converted[target].dtype == np.float32
+    assert "fc.weight" in dropped and "fc.bias" in dropped
+    assert sum(key.endswith("num_batches_tracked") for key in dropped) == 53  # one per BN layer of ResNet-50
+    with pytest.raises(ConversionError, match="'encoder.conv1.weight' is not part of a torchvision ResNet"):
+        torchvision_resnet_to_detectron2({"encoder.conv1.weight": torch.zeros(1)})
+
+
+@needs_detectron2
+@pytest.mark.parametrize("arch,depth,res2", [("resnet50", 50, 256), ("resnet18", 18, 64), ("resnet34", 34, 64),
+                                             ("resnet101", 101, 256)])
+def test_names_equal_detectron2_build_resnet_backbone(arch: str, depth: int, res2: int) -> None:
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone import build_resnet_backbone
+
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = res2
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    detectron2_state = {k: v for k, v in backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
+    converted, _ = torchvision_resnet_to_detectron2(_resnet_state(arch))
+    assert len(converted) == EXPECTED_TENSORS[arch]
+    assert set(converted) == set(detectron2_state)
+    assert all(converted[k].shape == tuple(v.shape) for k, v in detectron2_state.items())
+
+
+@pytest.mark.parametrize("fmt", ["snclr", "mocov3", "mocov2", "dino", "solo-learn", "torchvision"])
+def test_every_source_format_converts_to_the_online_encoder(
+        fmt: str, resnet50_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    obj, must_drop = _wrap(fmt, resnet50_state)
+    source = tmp_path / "checkpoint.pth"
+    torch.save(obj, source)
+    summary, model = convert_checkpoint(source, tmp_path / "out" / "r50.pkl")
+    assert (summary.arch, summary.source_format, summary.tensor_count) == ("resnet50", fmt, 265)
+    with open(summary.output_path, "rb") as handle:
+        payload = pickle.load(handle)
+    assert payload["__author__"] == "snclr-bench" and payload["matching_heuristics"] is True
+    assert set(payload["model"]) == set(model) and len(model) == 265
+    # conv1 is the one tensor where the momentum encoder / student differs: the right encoder was taken.
+    assert np.array_equal(payload["model"]["stem.conv1.weight"], resnet50_state["conv1.weight"].numpy())
+    assert np.array_equal(payload["model"]["res4.3.conv2.norm.running_var"],
+                          resnet50_state["layer3.3.bn2.running_var"].numpy())
+    sidecar = json.loads(summary.sidecar_path.read_text())
+    assert summary.sidecar_path.name == "r50.pkl.json"
+    assert sidecar["source_sha256"] == file_sha256(source)
+    assert (sidecar["tensor_count"], sidecar["arch"], sidecar["source_format"]) == (265, "resnet50", fmt)
+    for key in must_drop + ["layer1.0.bn1.num_batches_tracked"]:
+        assert any(dropped.endswith(key) for dropped in sidecar["dropped_keys"]), key
+    if fmt == "snclr":
+        assert sidecar["meta"]["method"] == "SNCLR" and sidecar["meta"]["pretrain_epochs"] == 3
+
+
+@needs_detectron2
+def test_verify_passes_for_converted_and_fails_for_wrong_prefix(
+        resnet50_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    converted, _ = torchvision_resnet_to_detectron2(resnet50_state)
+    good = write_detectron2_weights(tmp_path / "good.pkl", converted)
+    assert verify_with_detectron2(good, converted, "resnet50") == 265
+    # detectron2 matches names by suffix: "module.stem..." is no suffix of "backbone.bottom_up.stem...",
+    # so nothing loads and it only logs; --verify must turn that into a failure.
+    wrong_prefix = write_detectron2_weights(tmp_path / "wrong.pkl", {f"module.{k}": v for k, v in converted.items()})
+    with pytest.raises(ConversionError, match="265 of 265 backbone.bottom_up tensors not loaded"):
+        verify_with_detectron2(wrong_prefix, converted, "resnet50")
+    # Unconverted torchvision names partly suffix-match ("conv1.weight"): loaded into the wrong places.
+    torchvision_names = write_detectron2_weights(
+        tmp_path / "tv.pkl", {k: v.numpy() for k, v in resnet50_state.items() if not k.startswith("fc.")})
+    with pytest.raises(ConversionError, match="detectron2 backbone check failed"):
+        verify_with_detectron2(torchvision_names, converted, "resnet50")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evaluate.convert_to_detectron2", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+@needs_detectron2
+def test_cli_converts_and_verifies_resnet18(tmp_path: Path) -> None:
+    obj, _ = _wrap("torchvision", _resnet_state("resnet18"))
+    torch.save(obj, tmp_path / "r18.pth")
+    run = _run_cli(str(tmp_path / "r18.pth"), str(tmp_path / "r18.pkl"), "--verify")
+    assert run.returncode == 0, run.stderr
+    assert "100 tensors, resnet18, torchvision, verified through detectron2" in run.stdout
+    assert json.loads((tmp_path / "r18.pkl.json").read_text())["detectron2_resnets"] == {
+        "DEPTH": 18, "RES2_OUT_CHANNELS": 64}
+
+
+def test_cli_fails_in_one_line(tmp_path: Path) -> None:
+    missing = _run_cli(str(tmp_path / "nope.pth"), str(tmp_path / "out.pkl"))
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1] == f"error: checkpoint {tmp_path / 'nope.pth'} does not exist"
+    # A source whose backbone sits under an unknown prefix is refused before anything is written.
+    torch.save({"state_dict": {f"module.encoder.{k}": v for k, v in _resnet_state("resnet18").items()}},
+               tmp_path / "prefix.pth")
+    prefix = _run_cli(str(tmp_path / "prefix.pth"), str(tmp_path / "prefix.pkl"))
+    assert prefix.returncode != 0 and prefix.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "prefix.pkl").exists()
+    from pretrain.backbones import build_backbone
+    torch.save(build_backbone("vit_tiny", 32)[0].state_dict(), tmp_path / "vit.pth")
+    vit = _run_cli(str(tmp_path / "vit.pth"), str(tmp_path / "vit.pkl"))
+    assert vit.returncode != 0
+    assert "backbone 'vit_tiny' cannot go to detectron2" in vit.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "vit.pkl").exists()

@@ -1,0 +1,237 @@
+"""detectron2 launcher: configs, SyncBN fallback, and a real smoke run ending in a result record."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from evaluate.d2_compat import detectron2_missing_reason
+from evaluate.records import file_sha256, read_records
+
+D2_MISSING = detectron2_missing_reason()
+needs_detectron2 = pytest.mark.skipif(D2_MISSING is not None, reason=str(D2_MISSING))
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "detectron2_configs"
+SMOKE_R18 = CONFIGS / "mask_rcnn_R_18_FPN_smoke.yaml"
+
+
+def _cfg(name: str, *opts: str):
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(CONFIGS / name))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@needs_detectron2
+@pytest.mark.parametrize("name", ["mask_rcnn_R_50_FPN_1x_ssl.yaml", "mask_rcnn_R_50_FPN_1x_supervised.yaml"])
+def test_table3_configs_are_the_protocol(name: str) -> None:
+    from evaluate.detection import protocol_deviations
+
+    cfg = _cfg(name)
+    assert protocol_deviations(cfg) == []
+    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53]
+    assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.12, 57.375]
+    # Heads keep detectron2's defaults: SyncBN only in backbone and FPN.
+    assert cfg.MODEL.ROI_BOX_HEAD.NORM == "" and cfg.MODEL.ROI_MASK_HEAD.NORM == ""
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80 and cfg.MODEL.MASK_ON
+
+
+@needs_detectron2
+def test_smoke_configs_list_their_deviations() -> None:
+    from evaluate.detection import protocol_deviations
+
+    deviations = protocol_deviations(_cfg("mask_rcnn_R_18_FPN_smoke.yaml"))
+    assert "SOLVER.MAX_ITER=20 (protocol: 90000)" in deviations
+    assert "MODEL.RESNETS.DEPTH=18 (protocol: 50)" in deviations
+    assert not any(d.startswith("MODEL.RESNETS.STRIDE_IN_1X1") for d in deviations)
+
+
+@needs_detectron2
+def test_syncbn_becomes_bn_only_for_one_process() -> None:
+    from evaluate.detection import replace_syncbn_for_single_process
+
+    cfg = _cfg("mask_rcnn_R_50_FPN_1x_ssl.yaml")
+    assert not replace_syncbn_for_single_process(cfg, world_size=8)
+    assert (cfg.MODEL.RESNETS.NORM, cfg.MODEL.FPN.NORM) == ("SyncBN", "SyncBN")
+    with pytest.warns(UserWarning, match="SyncBN replaced by BN"):
+        assert replace_syncbn_for_single_process(cfg, world_size=1)
+    assert (cfg.MODEL.RESNETS.NORM, cfg.MODEL.FPN.NORM) == ("BN", "BN")
+    assert cfg.MODEL.ROI_BOX_HEAD.NORM == ""
+
+
+@needs_detectron2
+def test_metrics_come_from_coco_evaluator_results() -> None:
+    from evaluate.detection import DetectionError, detection_metrics
+
+    results = {"bbox": {"AP": 40.1, "AP50": 60.2, "AP75": 43.3, "APs": 1.0},
+               "segm": {"AP": 35.4, "AP50": 57.5, "AP75": 37.6}}
+    assert detection_metrics(results) == {"AP_bbox": 40.1, "AP50_bbox": 60.2, "AP75_bbox": 43.3,
+                                          "AP_segm": 35.4, "AP50_segm": 57.5, "AP75_segm": 37.6}
+    with pytest.raises(DetectionError, match="no predictions"):
+        detection_metrics({"bbox": dict(results["bbox"], AP=math.nan), "segm": results["segm"]})
+    with pytest.raises(DetectionError, match="gave no segm AP"):
+        detection_metrics({"bbox": results["bbox"]})
+
+
+@pytest.fixture(scope="module")
+def smoke_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A synthetic COCO set and a converted ResNet-18 saved as one of our pre-training checkpoints."""
+    from evaluate.convert_to_detectron2 import convert_checkpoint
+    from evaluate.synthetic_coco import generate_synthetic_coco
+
+    root = tmp_path_factory.mktemp("smoke")
+    generate_synthetic_coco(root / "coco", train=8, val=3, size=128, seed=0)
+    torch.manual_seed(0)
+    backbone = torchvision.models.resnet18(weights=None).state_dict()
+    checkpoint = {"format": "snclr-bench/pretrain/v1", "epoch": 2,
+                  "model": {f"backbone.{k}": v for k, v in backbone.items() if not k.startswith("fc.")},
+                  "config": {"backbone": "resnet18", "epochs": 2, "method": "SNCLR"}}
+    torch.save(checkpoint, root / "snclr_r18.pth")
+    summary, _ = convert_checkpoint(root / "snclr_r18.pth", root / "snclr_r18.pkl")
+    return {"root": root, "coco": root / "coco", "source": root / "snclr_r18.pth", "weights": summary.output_path}
+
+
+def _run(smoke_inputs: dict[str, Path], out: str, **kwargs):
+    from evaluate.detection import DetectionRun
+
+    return DetectionRun(config_file=SMOKE_R18, weights=kwargs.pop("weights", smoke_inputs["weights"]),
+                        coco_root=smoke_inputs["coco"], output_dir=smoke_inputs["root"] / out,
+                        records=kwargs.pop("records", smoke_inputs["root"] / "records.jsonl"),
+                        dataset="synthetic-coco", **kwargs)
+
+
+@needs_detectron2
+def test_smoke_run_trains_evaluates_and_writes_a_record(smoke_inputs: dict[str, Path]) -> None:
+    from evaluate.detection import run_detection
+
+    # SyncBN asked for on one process: the launcher must fall back to BN and say so in the record.
+    run = _run(smoke_inputs, "run", opts=["MODEL.RESNETS.NORM", "SyncBN", "MODEL.FPN.NORM", "SyncBN",
+                                          "SOLVER.MAX_ITER", "6"])
+    with pytest.warns(UserWarning, match="SyncBN replaced by BN"):
+        record = run_detection(run)
+    assert record is not None
+    assert (record.method, record.backbone, record.dataset, record.protocol) == (
+        "SNCLR", "resnet18", "synthetic-coco", "detection")
+    assert record.protocol_id == "mask-rcnn_R18-FPN_bn_b2-lr0.01-6it"
+    assert set(record.metrics_final) == {"AP_bbox", "AP50_bbox", "AP75_bbox", "AP_segm", "AP50_segm", "AP75_segm"}
+    assert all(0.0 <= value <= 100.0 for value in record.metrics_final.values())
+    assert record.metrics_final["AP50_bbox"] >= record.metrics_final["AP_bbox"] - 1e-9
+    assert record.pretrain_epochs == 2
+    assert record.checkpoint_sha256 == file_sha256(smoke_inputs["source"])
+    assert record.settings["syncbn_replaced_by_bn"] is True and record.settings["world_size"] == 1
+    assert record.settings["weights_sha256"] == file_sha256(smoke_inputs["weights"])
+    assert record.deviations[0].startswith("SyncBN replaced by BN in backbone and FPN: world size 1")
+    assert "SOLVER.MAX_ITER=6 (protocol: 90000)" in record.deviations
+    assert read_records(smoke_inputs["root"] / "records.jsonl")[-1] == record
+
+    out = smoke_inputs["root"] / "run"
+    assert "NORM: BN" in (out / "config.yaml").read_text()
+    iterations = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()]
+    assert max(iterations) == 5
+    # Training changed the backbone it started from (the converted weights, checked at start-up).
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    from evaluate.convert_to_detectron2 import read_detectron2_weights
+    initial = read_detectron2_weights(smoke_inputs["weights"])
+    assert not np.array_equal(np.asarray(final["backbone.bottom_up.res2.0.conv1.weight"]),
+                              initial["res2.0.conv1.weight"])
+
+    # Resuming a finished run trains no further and evaluates the same model to the same numbers.
+    resumed = run_detection(_run(smoke_inputs, "run", resume=True, opts=["SOLVER.MAX_ITER", "6"]))
+    assert resumed is not None and resumed.settings["resumed"] is True
+    assert resumed.metrics_final == pytest.approx(record.metrics_final)
+
+
+@needs_detectron2
+def test_wrong_prefix_weights_are_refused_at_start(smoke_inputs: dict[str, Path]) -> None:
+    import pickle
+
+    from evaluate.detection import DetectionError, run_detection
+
+    with open(smoke_inputs["weights"], "rb") as handle:
+        payload = pickle.load(handle)
+    payload["model"] = {f"encoder.{k}": v for k, v in payload["model"].items()}
+    wrong = smoke_inputs["root"] / "wrong.pkl"
+    wrong.write_bytes(pickle.dumps(payload))
+    sidecar = json.loads(Path(str(smoke_inputs["weights"]) + ".json").read_text())
+    Path(str(wrong) + ".json").write_text(json.dumps(sidecar))
+    # A sidecar copied from other weights is refused: the record would name the wrong source.
+    with pytest.raises(DetectionError, match="describes other weights than .*wrong.pkl"):
+        run_detection(_run(smoke_inputs, "wrong", weights=wrong, records=None))
+    # With a matching sidecar, detectron2 would start from a random backbone (it only logs the
+    # unmatched names); the launcher's start-up check refuses.
+    Path(str(wrong) + ".json").write_text(json.dumps(dict(sidecar, weights_sha256=file_sha256(wrong))))
+    with pytest.raises(DetectionError, match="100 of 100 backbone.bottom_up tensors not loaded"):
+        run_detection(_run(smoke_inputs, "wrong", weights=wrong, records=None))
+
+
+@needs_detectron2
+def test_bad_inputs_fail_with_one_line(smoke_inputs: dict[str, Path]) -> None:
+    from evaluate.detection import DetectionError, run_detection
+
+    with pytest.raises(DetectionError, match="NUM_CLASSES is 80 but .* has 3 categories"):
+        run_detection(_run(smoke_inputs, "classes", opts=["MODEL.ROI_HEADS.NUM_CLASSES", "80"]))
+    with pytest.raises(DetectionError, match=r"MODEL.RESNETS .* does not fit the resnet18 weights"):
+        run_detection(_run(smoke_inputs, "depth", opts=["MODEL.RESNETS.DEPTH", "50",
+                                                        "MODEL.RESNETS.RES2_OUT_CHANNELS", "256"]))
+    if torch.cuda.device_count() < 2:  # DefaultTrainer's DDP needs one GPU per process
+        with pytest.raises(DetectionError, match="--num-gpus 2 needs that many GPUs"):
+            run_detection(_run(smoke_inputs, "two", num_gpus=2))
+    cli = subprocess.run([sys.executable, "-m", "evaluate.detection", "--config-file", str(SMOKE_R18),
+                          "--weights", str(smoke_inputs["weights"]), "--coco-root", str(smoke_inputs["root"] / "none"),
+                          "--output-dir", str(smoke_inputs["root"] / "cli")], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert cli.returncode != 0
+    last = cli.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --coco-root") and "instances_train2017.json is missing" in last
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_cli_runs_the_r50_smoke_config(smoke_inputs: dict[str, Path], tmp_path: Path) -> None:
+    from evaluate.convert_to_detectron2 import convert_checkpoint
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    convert_checkpoint(tmp_path / "r50.pth", tmp_path / "r50.pkl")
+    cli = subprocess.run([sys.executable, "-m", "evaluate.detection",
+                          "--config-file", str(CONFIGS / "mask_rcnn_R_50_FPN_smoke.yaml"),
+                          "--weights", str(tmp_path / "r50.pkl"), "--coco-root", str(smoke_inputs["coco"]),
+                          "--output-dir", str(tmp_path / "out"), "--records", str(tmp_path / "records.jsonl"),
+                          "--dataset", "synthetic-coco", "--method", "supervised", "SOLVER.MAX_ITER", "3"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert cli.stdout.strip().splitlines()[-1].startswith("supervised resnet50 on synthetic-coco: AP_bbox ")
+    (record,) = read_records(tmp_path / "records.jsonl")
+    assert record.protocol_id == "mask-rcnn_R50-FPN_bn_b2-lr0.01-3it"
+    assert record.checkpoint_sha256 == file_sha256(tmp_path / "r50.pth")
+
+
+def test_missing_detectron2_is_one_line(tmp_path: Path) -> None:
+    """Without detectron2 the launcher says so in one line (an import hook makes it unfindable)."""
+    hide = ("import sys\n"
+            "class NoDetectron2:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'detectron2':\n"
+            "            raise ModuleNotFoundError(\"No module named 'detectron2'\")\n"
+            "sys.meta_path.insert(0, NoDetectron2())\n"
+            "sys.argv[0] = 'evaluate.detection'\n"
+            "from evaluate.detection import main\n"
+            "main()\n")
+    cli = subprocess.run([sys.executable, "-c", hide, "--config-file", str(SMOKE_R18), "--weights", "w.pkl",
+                          "--coco-root", str(tmp_path), "--output-dir", str(tmp_path / "out")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert cli.returncode != 0
+    (line,) = cli.stderr.strip().splitlines()
+    assert line == ("error: detectron2 is not importable (No module named 'detectron2'); install it with "
+                    "`bash scripts/install_detectron2.sh .venv/bin/python` (CPU machines) or from source on a "
+                    "GPU cluster, see docs/detection.md")
