@@ -66,8 +66,9 @@ def _torch_load(path: Path):
         # DINO stores an argparse.Namespace and others numpy objects: a full unpickle is needed.
         log.warning("%s holds non-tensor Python objects; loading it as a full pickle "
                     "(only load checkpoints you trust)", path)
-    except (RuntimeError, EOFError, OSError) as error:
-        raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    except Exception as error:  # noqa: BLE001 - a non-checkpoint file fails in many ways (e.g. KeyError)
+        raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                                f"{str(error).splitlines()[0][:120] if str(error) else ''})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"

@@ -81,6 +81,7 @@ class PretrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+UNSET_TO_NONE = "<none>"   # what a flag parses "none" to for an optional field (None = flag not given)
 
 
 def recipe_names() -> list[str]:
@@ -114,10 +115,13 @@ def load_recipe(name_or_path: str) -> dict:
     return data
 
 
-def _field_type(name: str) -> type:
+def _field_type(name: str) -> tuple[type, bool]:
+    """(value type, whether None is allowed) of a config field."""
     hint = typing.get_type_hints(PretrainConfig)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
 
 
 def _parse_bool(text: str) -> bool:
@@ -128,32 +132,37 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _parse_optional(kind: type):
+def _parse_flag(kind: type, optional: bool):
+    # "none" means None only where the field allows it: --neighbors none is the string "none".
     def parse(text: str):
-        return None if text.lower() == "none" else (_parse_bool(text) if kind is bool else kind(text))
+        if optional and text.lower() == "none":
+            return UNSET_TO_NONE
+        return _parse_bool(text) if kind is bool else kind(text)
     parse.__name__ = kind.__name__
     return parse
 
 
 def add_override_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag-name`` per config field; unset flags keep the recipe's value."""
+    """One ``--flag-name`` per config field; unset flags (None) keep the recipe's value. A flag that
+    sets an optional field back to None (``--train-limit none``) is recorded as ``UNSET_TO_NONE``."""
     group = parser.add_argument_group("config overrides (any field of the recipe)")
     for name, field in FIELDS.items():
-        kind = _field_type(name)
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=_parse_optional(kind),
+        kind, optional = _field_type(name)
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=_parse_flag(kind, optional),
                            default=None, metavar=kind.__name__.upper(),
                            help=f"(default: {field.default!r})")
 
 
 def resolve(recipe: str, overrides: dict) -> PretrainConfig:
     values = load_recipe(recipe)
-    values.update({k: v for k, v in overrides.items() if v is not None and k in FIELDS})
+    values.update({k: None if v == UNSET_TO_NONE else v for k, v in overrides.items()
+                   if v is not None and k in FIELDS})
     try:
         config = PretrainConfig(**values)
     except TypeError as error:
         raise ConfigError(f"recipe {recipe!r}: {error}") from None
     for name in FIELDS:
-        value, kind = getattr(config, name), _field_type(name)
+        value, (kind, _) = getattr(config, name), _field_type(name)
         if value is not None and kind is float and isinstance(value, int):
             setattr(config, name, float(value))
         elif value is not None and not isinstance(value, kind):

@@ -13,6 +13,7 @@ class NeighborQuery:
     neighbors: torch.Tensor     # (N, K, d) L2-normalised entries of C
     similarity: torch.Tensor    # (N, K) cosine similarity of each key to its neighbours
     labels: torch.Tensor        # (N, K) dataset labels of the neighbours (-1 where unknown)
+    image_ids: torch.Tensor     # (N, K) dataset index of each neighbour's image
     valid: torch.Tensor         # (N,) True where all K neighbours are real entries of other images
 
 
@@ -57,7 +58,7 @@ class CandidateSet(nn.Module):
         if k == 0:   # Eq. 1 steps (warm-up, "none" ablation) skip the N x size similarity entirely
             n = keys.shape[0]
             return NeighborQuery(neighbors=keys.new_zeros(n, 0, self.dim), similarity=keys.new_zeros(n, 0),
-                                 labels=image_ids.new_zeros(n, 0), valid=torch.zeros(n, dtype=torch.bool,
+                                 labels=image_ids.new_zeros(n, 0), image_ids=image_ids.new_zeros(n, 0), valid=torch.zeros(n, dtype=torch.bool,
                                                                                      device=keys.device))
         keys = F.normalize(keys.float(), dim=-1)
         unusable = self.image_ids < 0
@@ -73,4 +74,4 @@ class CandidateSet(nn.Module):
         similarity, index = torch.cat(similarity), torch.cat(index)
         valid = torch.isfinite(similarity).all(dim=1)
         return NeighborQuery(neighbors=self.features[index], similarity=similarity,
-                             labels=self.labels[index], valid=valid)
+                             labels=self.labels[index], image_ids=self.image_ids[index], valid=valid)

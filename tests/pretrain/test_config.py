@@ -45,3 +45,16 @@ def test_resolved_config_round_trips(tmp_path):
     config = resolve("fmnist_resnet18_cpu", {"seed": 3})
     dump(config, tmp_path / "config.yaml")
     assert PretrainConfig(**yaml.safe_load((tmp_path / "config.yaml").read_text())) == config
+
+
+def test_cli_flags_parse_none_only_for_optional_fields():
+    import argparse
+
+    from pretrain.config import add_override_flags
+    parser = argparse.ArgumentParser()
+    add_override_flags(parser)
+    args = vars(parser.parse_args(["--neighbors", "none", "--train-limit", "none", "--k", "7"]))
+    config = resolve("fmnist_resnet18_cpu", args)
+    assert config.neighbors == "none"          # the Eq. 1 ablation, not "flag not given"
+    assert config.train_limit is None          # the recipe's 12,000 is lifted
+    assert config.k == 7 and config.epochs == 8

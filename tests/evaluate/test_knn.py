@@ -1,0 +1,145 @@
+"""Weighted kNN: a case checkable by hand, chunking that changes nothing, and the guard on k."""
+from __future__ import annotations
+
+import math
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from classification_fixtures import PYTHON, REPO, write_image_folder, write_split_tree
+from evaluate.__main__ import main as evaluate_main
+from evaluate.knn import KNNSettings, knn_classify
+from evaluate.records import read_records
+from pretrain.backbones import build_backbone
+
+
+def brute_force(train, train_labels, test, test_labels, k, temperature, num_classes):
+    """The DINO formula written out with the full similarity matrix."""
+    sims = F.normalize(test, dim=1) @ F.normalize(train, dim=1).T
+    top_sims, top_idx = sims.topk(k, dim=1)
+    one_hot = F.one_hot(train_labels[top_idx], num_classes).float()
+    votes = (one_hot * (top_sims / temperature).exp()[..., None]).sum(dim=1)
+    ranked = votes.topk(5, dim=1).indices
+    top1 = 100.0 * (ranked[:, 0] == test_labels).float().mean().item()
+    top5 = 100.0 * (ranked == test_labels[:, None]).any(dim=1).float().mean().item()
+    return top1, top5
+
+
+def test_weights_decide_against_the_majority():
+    # One very close neighbour of class 0 against two distant neighbours of class 1 (k=3, T=0.07):
+    # votes class 0: exp(1/0.07) ~ 1.6e6; class 1: 2 * exp(0.6/0.07) ~ 1.06e4 -> class 0 wins.
+    train = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
+    labels = torch.tensor([0, 1, 1])
+    test = torch.tensor([[1.0, 0.0]])
+    assert knn_classify(train, labels, test, torch.tensor([0]), ks=(3,), num_classes=2)["knn_top1_k3"] == 100.0
+    # With a huge temperature the weights flatten and the 2-vs-1 majority wins instead.
+    flat = knn_classify(train, labels, test, torch.tensor([0]), ks=(3,), temperature=1e6, num_classes=2)
+    assert flat["knn_top1_k3"] == 0.0
+    assert math.exp(1 / 0.07) > 2 * math.exp(0.6 / 0.07)
+
+
+def test_cosine_ignores_feature_scale():
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    test = torch.tensor([[100.0, 1.0], [0.01, 3.0]])
+    assert knn_classify(train, labels, test, torch.tensor([0, 1]), ks=(1,))["knn_top1_k1"] == 100.0
+
+
+@pytest.mark.parametrize("test_chunk,train_chunk", [(1, 7), (13, 50), (1000, 1000), (64, 3)])
+def test_chunking_matches_the_full_similarity_matrix(test_chunk, train_chunk):
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 32, generator=generator)
+    train_labels = torch.randint(0, 10, (300,), generator=generator)
+    test_labels = torch.randint(0, 10, (120,), generator=generator)
+    train = centres[train_labels] + 1.5 * torch.randn(300, 32, generator=generator)
+    test = centres[test_labels] + 1.5 * torch.randn(120, 32, generator=generator)
+    result = knn_classify(train, train_labels, test, test_labels, ks=(5, 20), num_classes=10,
+                          test_chunk=test_chunk, train_chunk=train_chunk)
+    for k in (5, 20):
+        top1, top5 = brute_force(train, train_labels, test, test_labels, k, 0.07, 10)
+        assert result[f"knn_top1_k{k}"] == pytest.approx(top1)
+        assert result[f"knn_top5_k{k}"] == pytest.approx(top5)
+    assert 30.0 < result["knn_top1_k20"] <= 100.0  # well above the 10% of chance
+
+
+def test_k_larger_than_the_training_set_is_refused():
+    with pytest.raises(ValueError, match=r"k=\[200\]"):
+        knn_classify(torch.randn(50, 4), torch.zeros(50, dtype=torch.long), torch.randn(3, 4),
+                     torch.zeros(3, dtype=torch.long), ks=(20, 200))
+
+
+def test_defaults_are_dino_and_named_by_the_protocol_id():
+    settings = KNNSettings()
+    assert (settings.ks, settings.temperature) == ((20, 200), 0.07)
+    assert settings.protocol_id() == "knn_cos-k20-200-T0.07"
+
+
+# --- the CLI: bad input ends in one line, a non-zero exit and no record ------------------------
+# The record-writing run goes through a real subprocess; the refusals call the same entry point
+# in-process (SystemExit carries the message and the exit status) to keep the suite fast.
+
+def run_knn_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PYTHON), "-m", "evaluate", "knn", "--out-dir", str(tmp_path / "run"),
+                           "--num-workers", "0", "--no-tensorboard", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(tmp_path, args: list[str], *fragments: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["knn", "--out-dir", str(tmp_path / "run"), "--num-workers", "0", "--no-tensorboard",
+                       "--k", "2", *args])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message  # non-zero: a str exit code is 1
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_cli_knn_writes_a_record_on_an_image_folder(tmp_path):
+    data = write_split_tree(tmp_path / "data", classes=3, train_per_class=6, val_per_class=3)
+    proc = run_knn_cli(tmp_path, "--checkpoint", "random", "--arch", "resnet18", "--dataset", "imagefolder",
+                       "--data-dir", str(data), "--image-size", "32", "--k", "3", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [record] = read_records(tmp_path / "run" / "results.jsonl")
+    assert record.protocol == "knn" and set(record.metrics_final) == {"knn_top1_k3", "knn_top1_k5"}
+    assert record.settings["ks"] == [3, 5] and record.settings["temperature"] == 0.07
+    assert (tmp_path / "feature_cache").is_dir()  # default: OUT_DIR/../feature_cache
+
+
+def test_cli_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("hello")
+    assert_one_line_error(tmp_path, ["--checkpoint", str(bad)], str(bad), "not a readable PyTorch checkpoint")
+
+
+def test_cli_refuses_a_checkpoint_of_another_architecture(tmp_path):
+    torch.save(build_backbone("resnet18")[0].state_dict(), tmp_path / "r18.pth")
+    assert_one_line_error(tmp_path, ["--checkpoint", str(tmp_path / "r18.pth"), "--arch", "resnet50"],
+                          "resnet18", "resnet50")
+
+
+def test_cli_refuses_random_init_without_arch(tmp_path):
+    assert_one_line_error(tmp_path, ["--checkpoint", "random"], "--arch")
+
+
+def test_cli_refuses_an_empty_class_directory(tmp_path):
+    data = write_split_tree(tmp_path / "data", classes=3, train_per_class=2, val_per_class=2)
+    (data / "train" / "n00000009").mkdir()
+    assert_one_line_error(tmp_path, ["--checkpoint", "random", "--arch", "resnet18", "--dataset", "imagefolder",
+                                     "--data-dir", str(data)], "n00000009", "no images")
+
+
+def test_cli_refuses_val_classes_the_train_set_lacks(tmp_path):
+    data = write_split_tree(tmp_path / "data", classes=3, train_per_class=2, val_per_class=2)
+    write_image_folder(tmp_path / "extra", classes=4, per_class=1)
+    (tmp_path / "extra" / "n00000003").rename(data / "val" / "n00000003")
+    assert_one_line_error(tmp_path, ["--checkpoint", "random", "--arch", "resnet18", "--dataset", "imagefolder",
+                                     "--data-dir", str(data)], "n00000003", "not in the train set")
+
+
+def test_cli_refuses_k_above_the_training_set_size(tmp_path):
+    data = write_split_tree(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1)
+    assert_one_line_error(tmp_path, ["--checkpoint", "random", "--arch", "resnet18", "--dataset", "imagefolder",
+                                     "--data-dir", str(data), "--image-size", "32", "--k", "20"], "k=[20]")

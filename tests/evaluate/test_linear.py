@@ -1,0 +1,167 @@
+"""Linear probe: MoCo's two checks, learning on separable data, resume after a crash, the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from classification_fixtures import PYTHON, REPO, TinyBackbone, colour_blobs, write_split_tree
+from evaluate import linear, run_io
+from evaluate.linear import (LinearClassifier, LinearSettings, ProtocolCheckError, check_backbone_unchanged,
+                             check_only_head_missing, linear_probe, linear_probe_fast, new_linear_head)
+from evaluate.records import read_records
+
+CPU = torch.device("cpu")
+
+
+def test_lr_scaling_and_protocol_ids_follow_moco_v3():
+    resnet, vit = linear.paper_settings("resnet50"), linear.paper_settings("vit_small")
+    assert (resnet.epochs, resnet.batch_size, resnet.base_lr, resnet.lr) == (90, 4096, 0.1, 1.6)
+    assert vit.lr == pytest.approx(48.0)  # 3 x 4096 / 256
+    assert resnet.protocol_id() == "linear_sgd-cos-90e-b4096-lr0.1"
+    assert LinearSettings(crops=4).protocol_id(fast=True) == "linear-fast_4crops_sgd-cos-90e-b4096-lr0.1"
+
+
+def test_head_init_is_normal_001_with_zero_bias():
+    torch.manual_seed(0)
+    head = new_linear_head(2048, 1000)
+    assert head.weight.std().item() == pytest.approx(0.01, rel=0.01)
+    assert torch.count_nonzero(head.bias) == 0
+
+
+def test_only_head_missing_check_passes_and_catches_a_missing_tensor():
+    backbone = TinyBackbone()
+    classifier = LinearClassifier(backbone, new_linear_head(8, 3))
+    check_only_head_missing(classifier, backbone.state_dict())
+    partial = {k: v for k, v in backbone.state_dict().items() if k != "bn.running_var"}
+    with pytest.raises(ProtocolCheckError, match="bn.running_var"):
+        check_only_head_missing(classifier, partial)
+
+
+def test_unchanged_check_catches_a_moved_bn_running_stat():
+    backbone = TinyBackbone()
+    reference = {k: v.clone() for k, v in backbone.state_dict().items()}
+    check_backbone_unchanged(backbone, reference)
+    with torch.no_grad():
+        backbone.bn.running_mean[0] += 1e-3
+    with pytest.raises(ProtocolCheckError, match="bn.running_mean"):
+        check_backbone_unchanged(backbone, reference)
+
+
+def test_unchanged_check_catches_a_backbone_left_in_train_mode():
+    # A forward pass in train mode updates BN running stats even with gradients off: the classic bug.
+    backbone = TinyBackbone()
+    reference = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with torch.no_grad():
+        backbone.train()(torch.randn(4, 3, 8, 8))
+    with pytest.raises(ProtocolCheckError):
+        check_backbone_unchanged(backbone, reference)
+
+
+def test_linear_probe_learns_and_keeps_the_backbone_frozen(tmp_path):
+    torch.manual_seed(0)
+    backbone = TinyBackbone()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    settings = LinearSettings(epochs=8, batch_size=16, base_lr=8.0)
+    result = linear_probe(backbone, 8, colour_blobs(96), colour_blobs(48, seed=1), num_classes=3,
+                          settings=settings, device=CPU, out_dir=tmp_path, num_workers=0, tensorboard=False)
+    assert result["final"]["top1"] > 80.0  # chance is 33%
+    assert result["best"]["top1"] >= result["final"]["top1"]
+    assert list(result["final"]) == ["top1"]  # 3 classes: top-5 would be trivially 100%
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    lines = [json.loads(line) for line in (tmp_path / "linear_metrics.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in lines] == list(range(1, 9))
+    assert lines[0]["lr"] == pytest.approx(8.0 * 16 / 256)  # cosine starts at the scaled lr
+
+
+def _fast_inputs():
+    torch.manual_seed(0)
+    centres = torch.randn(4, 16) * 3
+    labels = torch.arange(200) % 4
+    features = centres[labels] + torch.randn(200, 16)
+    return features[:160], labels[:160], features[160:], labels[160:]
+
+
+def test_fast_probe_learns_from_cached_crops(tmp_path):
+    train, train_labels, val, val_labels = _fast_inputs()
+    crops = torch.stack([train, train + 0.1 * torch.randn_like(train)])
+    result = linear_probe_fast(crops, train_labels, val, val_labels, num_classes=4,
+                               settings=LinearSettings(epochs=5, batch_size=32), device=CPU, out_dir=tmp_path,
+                               tensorboard=True)
+    assert result["final"]["top1"] > 90.0
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard curves beside the JSONL
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    train, train_labels, val, val_labels = _fast_inputs()
+    settings = LinearSettings(epochs=4, batch_size=32, base_lr=0.5)
+    kwargs = dict(num_classes=4, settings=settings, device=CPU, tensorboard=False, identity={"run": "a"})
+    straight = linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "a", **kwargs)
+
+    original = run_io.MetricsLog.write
+
+    def crash_in_epoch_3(self, entry):
+        if entry["epoch"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        original(self, entry)
+
+    monkeypatch.setattr(run_io.MetricsLog, "write", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b", **kwargs)
+    monkeypatch.setattr(run_io.MetricsLog, "write", original)
+    assert torch.load(tmp_path / "b" / "linear_fast_state.pt", weights_only=False)["epoch"] == 2
+    resumed = linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b", **kwargs)
+    assert resumed["final"] == straight["final"]
+    assert [h["val_top1"] for h in resumed["history"]] == [h["val_top1"] for h in straight["history"]]
+    logged = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "linear_fast_metrics.jsonl").open()]
+    assert logged == [1, 2, 3, 4]
+
+    with pytest.raises(run_io.ResumeError, match="other settings"):
+        linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b",
+                          **{**kwargs, "identity": {"run": "b"}})
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PYTHON), "-m", "evaluate", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_linear_on_an_image_folder_writes_one_record(tmp_path):
+    data = write_split_tree(tmp_path / "data", classes=3, train_per_class=8, val_per_class=4)
+    out = tmp_path / "run"
+    proc = run_cli("linear", "--checkpoint", "random", "--arch", "resnet18", "--dataset", "imagefolder",
+                   "--data-dir", str(data), "--image-size", "32", "--epochs", "2", "--batch-size", "8",
+                   "--num-workers", "0", "--out-dir", str(out), "--no-tensorboard")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [record] = read_records(out / "results.jsonl")
+    assert (record.method, record.backbone, record.protocol, record.dataset) == ("random-init", "resnet18",
+                                                                                 "linear", "data")
+    assert record.protocol_id == "linear_sgd-cos-2e-b8-lr0.1"
+    assert set(record.metrics_final) == {"top1"} and set(record.metrics_best) == {"top1"}
+    assert record.settings["lr"] == pytest.approx(0.1 * 8 / 256) and record.settings["image_size"] == 32
+    assert any(d.startswith("epochs: 90 (paper) -> 2") for d in record.deviations)
+    assert len(record.checkpoint_sha256) == 64 and record.code_version
+
+
+def test_cli_refuses_a_resume_state_of_another_run(tmp_path):
+    data = write_split_tree(tmp_path / "data", classes=3, train_per_class=4, val_per_class=2)
+    out = tmp_path / "run"
+    common = ["linear-fast", "--checkpoint", "random", "--arch", "resnet18", "--dataset", "imagefolder",
+              "--data-dir", str(data), "--image-size", "32", "--batch-size", "4", "--num-workers", "0",
+              "--out-dir", str(out), "--no-tensorboard"]
+    assert run_cli(*common, "--epochs", "1").returncode == 0
+    proc = run_cli(*common, "--epochs", "2", "--seed", "1")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "resume state" in proc.stderr
+    assert len(read_records(out / "results.jsonl")) == 1
+
+
+def test_eval_every_validates_on_schedule_and_always_last(tmp_path):
+    train, train_labels, val, val_labels = _fast_inputs()
+    result = linear_probe_fast(train, train_labels, val, val_labels, num_classes=4,
+                               settings=LinearSettings(epochs=5, batch_size=32), device=CPU, out_dir=tmp_path,
+                               tensorboard=False, eval_every=2)
+    assert [h["epoch"] for h in result["history"] if "val_top1" in h] == [2, 4, 5]
+    assert result["best_epoch"] in (2, 4, 5) and result["final"]["top1"] == result["history"][-1]["val_top1"]
