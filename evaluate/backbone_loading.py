@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from pretrain.backbones import RESNETS, VITS, build_backbone
-from evaluate.records import file_sha256
+from pretrain.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,8 @@ import numpy as np
 import torch
 
 from evaluate.backbone_loading import BackboneLoadError, load_backbone_state_dict
-from evaluate.records import file_sha256
+from pretrain.provenance import file_sha256
+from pretrain.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,23 +117,12 @@ def sidecar_path_for(output_path: str | os.PathLike) -> Path:
     return output_path.with_name(output_path.name + ".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def write_detectron2_weights(path: str | os.PathLike, model: Mapping[str, np.ndarray]) -> Path:
     """Write ``model`` as a detectron2 weight pickle (the layout of detectron2's and MoCo's converters)."""
     payload = {"model": dict(model), "__author__": AUTHOR, "matching_heuristics": True}
     path = Path(path)
-    _atomic_write(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+    atomic_write_bytes(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
     return path
 
 
@@ -162,7 +151,7 @@ def convert_checkpoint(input_path: str | os.PathLike, output_path: str | os.Path
                "detectron2_resnets": DETECTRON2_RESNETS[summary.arch], "tensor_count": summary.tensor_count,
                "dropped_keys": summary.dropped_keys, "meta": summary.meta}
     text = json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n"
-    _atomic_write(summary.sidecar_path, text.encode("utf-8"))
+    atomic_write_bytes(summary.sidecar_path, text.encode("utf-8"))
     log.info("wrote %s (%d tensors, %s from %s) and %s", output_path, summary.tensor_count, summary.arch,
              summary.source_format, summary.sidecar_path)
     return summary, model

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -36,7 +35,9 @@ from typing import Any
 from evaluate.convert_to_detectron2 import (DETECTRON2_RESNETS, SIDECAR_FORMAT, ConversionError, check_bottom_up,
                                             read_detectron2_weights, sidecar_path_for)
 from evaluate.d2_compat import Detectron2Unavailable, import_detectron2
-from evaluate.records import ResultRecord, file_sha256, write_record
+from evaluate.records import ResultRecord, write_record
+from pretrain.provenance import file_sha256
+from pretrain.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +284,7 @@ def build_record(cfg: Any, run: DetectionRun, sidecar: dict[str, Any], metrics: 
 
 def _write_resolved_config(cfg: Any, output_dir: Path) -> Path:
     """Write the fully resolved config beside the outputs (atomically), as STYLE.md asks of every run."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "config.yaml"
-    fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".config.yaml.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(cfg.dump())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(output_dir / "config.yaml", cfg.dump())
 
 
 def _check_initial_backbone(model: Any, weights: Path, sidecar: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from evaluate.metrics import collective_device
-from evaluate.run_io import atomic_torch_save
+from pretrain.checkpoint import save_atomic
 from pretrain.distributed import barrier, is_distributed, is_main, rank, world_size
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def cached_features(backbone: nn.Module, dataset: Dataset, key: FeatureKey, cach
     features, labels = extract_features(backbone, dataset, device=device, batch_size=batch_size,
                                         num_workers=num_workers, seed=seed, desc=desc)
     if is_main():
-        atomic_torch_save({"format": CACHE_FORMAT, "key": dataclasses.asdict(key), "features": features,
+        save_atomic({"format": CACHE_FORMAT, "key": dataclasses.asdict(key), "features": features,
                            "labels": labels}, path)
         log.info("cached %s features at %s", tuple(features.shape), path)
     barrier()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from pretrain.fileio import atomic_write
 
 # Keys that are the x axis or bookkeeping, not curves.
 _X_KEYS = ("step", "epoch")
@@ -63,19 +63,8 @@ def _series(entries: list[dict[str, Any]], key: str, x_key: str | None) -> tuple
 
 
 def _save(figure: Figure, out_png: str | os.PathLike) -> Path:
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        figure.savefig(temp, format="png", dpi=100)
-        os.replace(temp, out)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    return out
+    return atomic_write(out_png, lambda stream: figure.savefig(stream, format="png", dpi=100))
 
 
 def plot_pretrain_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike) -> Path:

@@ -11,9 +11,10 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-from pretrain.provenance import code_version, file_sha256  # noqa: F401 - re-exported
+from pretrain.provenance import code_version
 
 SCHEMA = "snclr-bench/result/v1"
 
@@ -100,9 +101,8 @@ def parse_record(data: Any, where: str) -> ResultRecord:
         raise RecordError(f"{where}: {error}") from None
 
 
-def read_records(path: str | os.PathLike) -> list[ResultRecord]:
-    """Read a JSONL file of records; a malformed line raises RecordError naming file and line."""
-    records = []
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[ResultRecord, str]]:
+    """Yield (record, "file:line") from a JSONL file; a malformed line raises RecordError naming both."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -112,5 +112,9 @@ def read_records(path: str | os.PathLike) -> list[ResultRecord]:
                 data = json.loads(line)
             except json.JSONDecodeError as error:
                 raise RecordError(f"{where}: not valid JSON ({error.msg})") from None
-            records.append(parse_record(data, where))
-    return records
+            yield parse_record(data, where), where
+
+
+def read_records(path: str | os.PathLike) -> list[ResultRecord]:
+    """All records of a JSONL file; a malformed line raises RecordError naming file and line."""
+    return [record for record, _ in iter_records(path)]

@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from evaluate.metrics import classification_ks, evaluate_classifier
-from evaluate.records import file_sha256
+from pretrain.provenance import file_sha256
 from evaluate.training import ShardedBatchSampler, cosine_lr, fit, step_lr
 from evaluate.linear import LinearClassifier, new_linear_head, sharded_eval_loader
-from pretrain.distributed import is_distributed, is_main, barrier
+from pretrain.distributed import barrier, convert_sync_batchnorm, is_distributed, is_main, wrap_ddp
+from pretrain.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +213,7 @@ def generate_subset(targets: np.ndarray, percent: float, seed: int) -> np.ndarra
 
 
 def write_subset_file(path: str | os.PathLike, names: list[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write("".join(f"{name}\n" for name in names))
-    os.replace(temp, path)
-    return path
+    return atomic_write_text(path, "".join(f"{name}\n" for name in names))
 
 
 def label_subset(dataset: Dataset, percent: int, *, subset_file: str | os.PathLike | None, imagenet: bool,
@@ -259,17 +253,16 @@ def fine_tune(backbone: nn.Module, feature_dim: int, train_set: Dataset, val_set
               eval_every: int = 1) -> dict[str, Any]:
     """Fine-tune backbone + a new linear head (N(0, 0.01), bias 0) on ``train_set`` (the labelled
     subset, with RandomResizedCrop + flip), all layers in train mode, two lr groups (trunk / head)
-    per ``settings``; SyncBN under DDP on CUDA. Returns ``{"final", "best", "best_epoch", "history"}``.
+    per ``settings``; SyncBN under DDP. Returns ``{"final", "best", "best_epoch", "history"}``.
     """
     torch.manual_seed(seed)
     classifier = LinearClassifier(backbone, new_linear_head(feature_dim, num_classes)).to(device)
-    if is_distributed() and device.type == "cuda":
-        # Per-rank batches are small (256 / ranks); SyncBN makes BN statistics those of the global batch.
-        classifier = nn.SyncBatchNorm.convert_sync_batchnorm(classifier)
     trainable = classifier
     if is_distributed():
-        trainable = nn.parallel.DistributedDataParallel(
-            classifier, device_ids=[device.index] if device.type == "cuda" else None)
+        # Per-rank batches are small (256 / ranks); synchronised BN makes BN statistics those of the
+        # global batch (torch's SyncBN on GPUs, the cross-rank BN of pre-training on CPU).
+        classifier = convert_sync_batchnorm(classifier, device)
+        trainable = wrap_ddp(classifier, device)
     trunk = [p for p in classifier.backbone.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD([{"params": trunk, "lr": settings.trunk_lr},
                                  {"params": classifier.head.parameters(), "lr": settings.head_lr}],
@@ -326,8 +319,6 @@ def main(argv: list[str] | None = None) -> None:
                                           imagenet=run.dataset_name == "imagenet-1k", seed=args.seed,
                                           generated_path=generated)
         labelled = run.train_set(augment=True, min_scale=settings.min_scale, base=Subset(run.train_base, indices))
-        if is_distributed() and run.device.type != "cuda":
-            deviations.append("per-rank BatchNorm statistics: SyncBatchNorm needs CUDA")
         identity = {**run.identity(), "subset_sha256": file_sha256(list_file)}
         result = fine_tune(run.backbone, run.feature_dim, labelled, run.val_set(), num_classes=run.num_classes,
                            settings=settings, device=run.device, out_dir=run.out_dir,

@@ -21,12 +21,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pretrain.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,6 @@ def draw_image(rng: np.random.Generator, size: int, max_objects: int
     return image, objects
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def _write_split(out_dir: Path, split: str, count: int, size: int, rng: np.random.Generator,
                  first_image_id: int, max_objects: int) -> dict[str, Any]:
@@ -157,7 +147,7 @@ def generate_synthetic_coco(out_dir: str | os.PathLike, *, train: int = 32, val:
     for split, count, first_id in (("train", train, 1), ("val", val, train + 1)):
         data = _write_split(out_dir, split, count, size, rng, first_id, max_objects)
         path = out_dir / "annotations" / f"instances_{split}2017.json"
-        _atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
+        atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
         log.info("wrote %s: %d images, %d objects", path, len(data["images"]), len(data["annotations"]))
         paths[split] = path
     return paths

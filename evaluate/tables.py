@@ -32,12 +32,12 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluate.records import PROTOCOL_FAMILIES, SCHEMA, RecordError, ResultRecord, parse_record
+from evaluate.records import PROTOCOL_FAMILIES, SCHEMA, RecordError, ResultRecord, iter_records
+from pretrain.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -163,18 +163,9 @@ def load_records(paths: Iterable[str | os.PathLike]) -> list[tuple[ResultRecord,
     """All records under ``paths`` as (record, "file:line"); a malformed line raises RecordError."""
     loaded = []
     for path in find_record_files(paths):
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise RecordError(f"{where}: not valid JSON ({error.msg})") from None
-                record = parse_record(data, where)
-                _created_at(record, where)  # validate early so the error names the line
-                loaded.append((record, where))
+        for record, where in iter_records(path):
+            _created_at(record, where)  # validate early so the error names the line
+            loaded.append((record, where))
     return loaded
 
 
@@ -594,17 +585,7 @@ def leaderboard_csv(facts: Sequence[Fact]) -> str:
 # ------------------------------------------------------------------------------------ public API
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def collect_facts(record_paths: Iterable[str | os.PathLike], reference_paths: Iterable[str | os.PathLike],

@@ -23,7 +23,9 @@ from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from evaluate.metrics import AverageMeter
-from evaluate.run_io import MetricsLog, atomic_torch_save, load_resume_state
+from evaluate.run_io import load_resume_state
+from pretrain.checkpoint import save_atomic
+from pretrain.metrics_log import MetricsLog
 from pretrain.distributed import is_main, rank, world_size
 
 log = logging.getLogger(__name__)
@@ -134,7 +136,7 @@ def fit(*, trainable: nn.Module, optimizer: torch.optim.Optimizer, lrs_at: Calla
         log.info("%s epoch %d/%d: loss %.4f, val top1 %s", name, epoch + 1, epochs, loss_meter.average,
                  f"{metrics['top1']:.2f}" if metrics else "-")
         if is_main():
-            atomic_torch_save({"epoch": epoch + 1, "model": unwrap(trainable).state_dict(),
+            save_atomic({"epoch": epoch + 1, "model": unwrap(trainable).state_dict(),
                                "optimizer": optimizer.state_dict(), "best": best, "best_epoch": best_epoch,
                                "history": history, "settings": resume_settings}, state_path)
     metrics_log.close()

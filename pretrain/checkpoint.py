@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pretrain.fileio import atomic_write
 
 FORMAT = "snclr-bench/pretrain/v1"
 LATEST = "checkpoint.pth"
@@ -18,21 +19,8 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``:
-    a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through :func:`pretrain.fileio.atomic_write`: a crash mid-write keeps the old file."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 def rng_state() -> dict:

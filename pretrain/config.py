@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from pretrain.fileio import atomic_write_text
+
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 
@@ -173,7 +175,4 @@ def resolve(recipe: str, overrides: dict) -> PretrainConfig:
 
 def dump(config: PretrainConfig, path: str | os.PathLike) -> None:
     """Write the fully resolved config beside the outputs (atomically)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,8 +1,6 @@
 """The SNCLR pre-training loop: data, model, LARS/AdamW, AMP, DDP, logging, atomic checkpoints, resume."""
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import random
@@ -18,6 +16,7 @@ from pretrain import distributed as dist
 from pretrain.config import ConfigError, PretrainConfig, dump
 from pretrain.data import TwoViews, build_dataset
 from pretrain.model import SNCLR
+from pretrain.metrics_log import MetricsLog
 from pretrain.provenance import code_version
 from pretrain.optim import build_optimizer, momentum_at, warmup_cosine_lr
 
@@ -60,41 +59,6 @@ def autocast_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype 
     if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
         return None
     return torch.float16 if config.amp == "fp16" else torch.bfloat16
-
-
-class MetricsLog:
-    """metrics.jsonl + metrics.csv + TensorBoard scalars, written by rank 0 only."""
-
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.jsonl = out_dir / "metrics.jsonl"
-        self.csv = out_dir / "metrics.csv"
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-            except ImportError:
-                log.warning("tensorboard is not installed; scalars go to metrics.jsonl/csv only")
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.jsonl, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        new = not self.csv.exists()
-        with open(self.csv, "a") as handle:
-            if new:
-                handle.write(",".join(row) + "\n")
-            handle.write(",".join(str(v) for v in row.values()) + "\n")
-        if self.writer is not None:
-            for key, value in row.items():
-                if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"pretrain/{key}", value, row["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def train(config: PretrainConfig, resume: str | None = None) -> Path:
@@ -149,7 +113,8 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
         ckpt.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
         log.info("resumed from %s at epoch %d step %d", resume or latest, start_epoch, skip_steps)
 
-    metrics = MetricsLog(out_dir, dist.is_main())
+    metrics = MetricsLog(out_dir, "metrics", step_key="step", tb_dir="tensorboard", tag_prefix="pretrain/", csv=True)
+    metrics.truncate_after(global_step)
 
     def save(epoch: int, step_in_epoch: int, final_name: str | None = None) -> Path:
         rng = [ckpt.rng_state()]

@@ -16,7 +16,7 @@ from evaluate.convert_to_detectron2 import (EXPECTED_TENSORS, ConversionError, c
                                             torchvision_resnet_to_detectron2, verify_with_detectron2,
                                             write_detectron2_weights)
 from evaluate.d2_compat import detectron2_missing_reason
-from evaluate.records import file_sha256
+from pretrain.provenance import file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 D2_MISSING = detectron2_missing_reason()

@@ -13,7 +13,8 @@ import torch
 import torchvision
 
 from evaluate.d2_compat import detectron2_missing_reason
-from evaluate.records import file_sha256, read_records
+from evaluate.records import read_records
+from pretrain.provenance import file_sha256
 
 D2_MISSING = detectron2_missing_reason()
 needs_detectron2 = pytest.mark.skipif(D2_MISSING is not None, reason=str(D2_MISSING))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from classification_fixtures import PYTHON, REPO, TinyBackbone, colour_blobs, write_split_tree
+from pretrain.metrics_log import MetricsLog
 from evaluate import linear, run_io
 from evaluate.linear import (LinearClassifier, LinearSettings, ProtocolCheckError, check_backbone_unchanged,
                              check_only_head_missing, linear_probe, linear_probe_fast, new_linear_head)
@@ -100,17 +101,17 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path, monkeypat
     kwargs = dict(num_classes=4, settings=settings, device=CPU, tensorboard=False, identity={"run": "a"})
     straight = linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "a", **kwargs)
 
-    original = run_io.MetricsLog.write
+    original = MetricsLog.write
 
     def crash_in_epoch_3(self, entry):
         if entry["epoch"] == 3:
             raise KeyboardInterrupt("simulated crash")
         original(self, entry)
 
-    monkeypatch.setattr(run_io.MetricsLog, "write", crash_in_epoch_3)
+    monkeypatch.setattr(MetricsLog, "write", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b", **kwargs)
-    monkeypatch.setattr(run_io.MetricsLog, "write", original)
+    monkeypatch.setattr(MetricsLog, "write", original)
     assert torch.load(tmp_path / "b" / "linear_fast_state.pt", weights_only=False)["epoch"] == 2
     resumed = linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b", **kwargs)
     assert resumed["final"] == straight["final"]
