@@ -218,8 +218,9 @@ def test_small_scale_overrides_are_listed_as_deviations_and_flags_win():
 
     none = Namespace(epochs=None, batch_size=None, trunk_lr=None, head_lr=None, min_scale=None)
     settings, deviations = resolve_settings("swav", 1, "fashion-mnist", none)
-    assert (settings.batch_size, settings.head_lr, settings.trunk_lr) == (64, 0.5, 0.02)
-    assert "head_lr: 5.0 (paper) -> 0.5 (small-scale default for this data set)" in deviations
+    assert (settings.batch_size, settings.head_lr, settings.trunk_lr, settings.min_scale) == (64, 0.05, 0.02, 0.5)
+    assert "head_lr: 5.0 (paper) -> 0.05 (small-scale default for this data set)" in deviations
+    assert "min_scale: 0.08 (paper) -> 0.5 (small-scale default for this data set)" in deviations
     assert resolve_settings("swav", 1, "imagenet-1k", none) == (preset_settings("swav", 1), [])
     flagged, deviations = resolve_settings("barlow", 10, "fashion-mnist", Namespace(**{**vars(none), "epochs": 3}))
     assert flagged.epochs == 3 and flagged.head_lr == 0.5 and "epochs: 20 (paper) -> 3 (flag)" in deviations
