@@ -62,15 +62,21 @@ class CandidateSet(nn.Module):
                                                                                      device=keys.device))
         keys = F.normalize(keys.float(), dim=-1)
         unusable = self.image_ids < 0
+        written = self.image_ids[~unusable]
+        # An image has at most `copies` entries in C, so its top-(k + copies) always holds k entries of
+        # other images: exclude its own ones there instead of masking the whole (N, size) block.
+        copies = int(torch.bincount(written).max()) if written.numel() else 0
+        width = min(k + copies, self.size)
         similarity, index = [], []
         # Chunked so that the (N, size) similarity matrix is never held whole (4096 x 128k fp32 = 2 GB).
         for start in range(0, keys.shape[0], self.chunk_rows):
-            block = keys[start:start + self.chunk_rows] @ self.features.T
-            own = self.image_ids[None, :] == image_ids[start:start + self.chunk_rows, None]
-            block = block.masked_fill(own | unusable[None, :], float("-inf"))
-            top = block.topk(k, dim=1)
-            similarity.append(top.values)
-            index.append(top.indices)
+            block = (keys[start:start + self.chunk_rows] @ self.features.T).masked_fill_(unusable, float("-inf"))
+            top = block.topk(width, dim=1)
+            own = self.image_ids[top.indices] == image_ids[start:start + self.chunk_rows, None]
+            values = top.values.masked_fill(own, float("-inf"))
+            keep = values.argsort(dim=1, descending=True, stable=True)[:, :k]
+            similarity.append(values.gather(1, keep))
+            index.append(top.indices.gather(1, keep))
         similarity, index = torch.cat(similarity), torch.cat(index)
         valid = torch.isfinite(similarity).all(dim=1)
         return NeighborQuery(neighbors=self.features[index], similarity=similarity,

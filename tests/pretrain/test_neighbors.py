@@ -60,3 +60,13 @@ def test_k0_returns_no_neighbors_without_scanning():
     c = CandidateSet(size=8, dim=2)
     found = c.query(torch.ones(3, 2), torch.arange(3), k=0)
     assert found.neighbors.shape == (3, 0, 2) and found.valid.tolist() == [False] * 3
+
+
+def test_own_image_excluded_even_with_many_copies():
+    """Image 7 has three (most similar) entries; its key still gets K neighbours of other images."""
+    c = CandidateSet(size=16, dim=2)
+    c.push(torch.tensor([[1.0, 0.0]] * 3 + [[0.9, 0.1], [0.5, 0.5], [0.0, 1.0]]), torch.tensor([7, 7, 7, 1, 2, 3]),
+           torch.tensor([0, 0, 0, 1, 2, 3]))
+    found = c.query(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([7, 9]), k=3)
+    assert found.image_ids[0].tolist() == [1, 2, 3] and found.valid[0]
+    assert found.image_ids[1].tolist() == [7, 7, 7]
