@@ -116,9 +116,9 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
     metrics = MetricsLog(out_dir, "metrics", step_key="step", tb_dir="tensorboard", tag_prefix="pretrain/", csv=True)
     metrics.truncate_after(global_step)
 
-    def save(epoch: int, step_in_epoch: int, final_name: str | None = None) -> Path:
+    def save(epoch: int, step_in_epoch: int, final_name: str | None = None, gather: bool = True) -> Path:
         rng = [ckpt.rng_state()]
-        if world > 1:
+        if world > 1 and gather:
             gathered = [None] * world
             torch.distributed.all_gather_object(gathered, rng[0])
             rng = gathered
@@ -186,8 +186,10 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
                 save(epoch + 1, 0, final_name=f"snclr_{config.backbone}_ep{epoch + 1}.pth" if last else None)
     except KeyboardInterrupt:
         # Ctrl-C: keep the work done; resuming continues from this exact step.
-        log.warning("interrupted at epoch %d step %d; saving a resumable checkpoint", epoch, step)
-        save(epoch, position)
+        # Under DDP the ranks may be stopped inside different collectives, so nothing is gathered:
+        # rank 0 writes its own state and every rank resumes from rank 0's RNG.
+        log.warning("interrupted at epoch %d step %d; saving a resumable checkpoint", epoch, position)
+        save(epoch, position, gather=False)
         raise
     finally:
         metrics.close()

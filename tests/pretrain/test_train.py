@@ -120,3 +120,27 @@ def test_bad_resume_checkpoint_is_refused_and_nothing_is_overwritten(image_tree,
     line = _error_line(capsys)
     assert line.startswith(f"error: {bad}") and expected in line
     assert sha(existing) == before
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_at_that_step(image_tree, tmp_path, monkeypatch):
+    import pretrain.train as train_module
+    calls = {"n": 0}
+    original = train_module.warmup_cosine_lr
+
+    def interrupt_on_second_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "warmup_cosine_lr", interrupt_on_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(image_tree, tmp_path, "--epochs", "2")
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 1, 1)
+    monkeypatch.setattr(train_module, "warmup_cosine_lr", original)
+    assert run(image_tree, tmp_path, "--epochs", "2") == 0
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (2, 4)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
