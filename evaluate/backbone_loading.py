@@ -90,9 +90,11 @@ def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
     if isinstance(obj, dict) and obj.get("format") == SNCLR_FORMAT:
         config = obj.get("config", {})
         backbone, dropped = _take_prefix(obj["model"], "backbone.")
+        variant = {k: config[k] for k in ("neighbors", "k", "loss_form") if k in config}
+        if variant.get("neighbors") == "none":   # Eq. 1: K and the loss form played no part
+            variant = {"neighbors": "none"}
         meta = {"method": config.get("method", "SNCLR"), "pretrain_epochs": obj.get("epoch"),
-                "arch": config.get("backbone"), "image_size": config.get("image_size"),
-                "variant": {k: config.get(k) for k in ("neighbors", "k", "loss_form") if k in config}}
+                "arch": config.get("backbone"), "image_size": config.get("image_size"), "variant": variant}
         return backbone, "snclr", dropped, meta
     if isinstance(obj, dict) and ("teacher" in obj or "student" in obj):
         key = "teacher" if "teacher" in obj else "student"

@@ -63,6 +63,12 @@ def test_snclr_checkpoint_from_the_real_model(tmp_path):
     dropped_prefixes = {k.split(".")[0] for k in loaded.dropped_keys}
     assert dropped_prefixes == {"momentum_backbone", "projector", "momentum_projector", "predictor", "candidate_set"}
 
+    # the Eq. 1 ablation: K and the loss form are not part of what was trained
+    state = torch.load(path, weights_only=True)
+    state["config"]["neighbors"] = "none"
+    torch.save(state, path)
+    assert load_backbone_state_dict(path).meta["variant"] == {"neighbors": "none"}
+
 
 def test_mocov3_resnet(tmp_path, r18):
     # MoCo v3 keeps its projector inside base_encoder.fc and a momentum copy beside it.
