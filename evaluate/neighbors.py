@@ -40,7 +40,9 @@ def neighbor_grid(checkpoint: str | Path, out_png: str | Path, *, queries: int =
     transform = eval_transform(config.image_size, 1.0 if config.dataset == "fashion-mnist" else 0.875)
     generator = torch.Generator().manual_seed(seed)
     query_ids = torch.randperm(len(dataset), generator=generator)[:queries]
-    images = torch.stack([transform(dataset[int(i)][0]) for i in query_ids])
+    queried = [dataset[int(i)] for i in query_ids]   # (image, label, index), each read once
+    images = torch.stack([transform(image) for image, _, _ in queried])
+    query_labels = [int(label) for _, label, _ in queried]
     y = model.projector(model.backbone(images))
     keys = model.momentum_projector(model.momentum_backbone(images))
     found = model.candidate_set.query(keys, query_ids, k)
@@ -50,7 +52,6 @@ def neighbor_grid(checkpoint: str | Path, out_png: str | Path, *, queries: int =
     neighbor_images = torch.stack([torch.stack([shown(transform(dataset[int(j)][0])) for j in row])
                                    for row in found.image_ids])
     classes = getattr(dataset, "classes", None) or getattr(getattr(dataset, "dataset", None), "classes", None)
-    query_labels = [int(dataset[int(i)][1]) for i in query_ids]
     labels = None
     if classes:
         labels = [[classes[q]] + [classes[int(l)] for l in row] for q, row in zip(query_labels, found.labels)]
