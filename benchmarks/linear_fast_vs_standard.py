@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate import cli_common  # noqa: E402
-from evaluate.linear import linear_probe, linear_probe_fast, resolve_settings  # noqa: E402
+from evaluate.classification import cli_common  # noqa: E402
+from evaluate.classification.linear import linear_probe, linear_probe_fast, resolve_settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,14 +9,14 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "linear": ("evaluate.linear:main", "linear probe on a frozen backbone (MoCo v3 protocol)"),
-    "linear-fast": ("evaluate.linear:main_fast", "linear head on cached features (labelled deviation)"),
-    "knn": ("evaluate.knn:main", "weighted kNN monitor on cached features (DINO protocol)"),
-    "semisup": ("evaluate.semisup:main", "fine-tuning with 1% / 10% of the labels (SwAV / Barlow Twins presets)"),
-    "convert": ("evaluate.convert_to_detectron2:main", "checkpoint -> detectron2 weights (.pkl), with --verify"),
-    "detection": ("evaluate.detection:main", "Mask R-CNN R50-FPN transfer through detectron2 (paper Table 3)"),
-    "synthetic-coco": ("evaluate.synthetic_coco:main", "write a small synthetic COCO-format data set"),
-    "tables": ("evaluate.tables:main", "paper-style Tables 1-4 and leaderboard.csv from result records"),
+    "linear": ("evaluate.classification.linear:main", "linear probe on a frozen backbone (MoCo v3 protocol)"),
+    "linear-fast": ("evaluate.classification.linear:main_fast", "linear head on cached features (labelled deviation)"),
+    "knn": ("evaluate.classification.knn:main", "weighted kNN monitor on cached features (DINO protocol)"),
+    "semisup": ("evaluate.classification.semisup:main", "fine-tuning with 1% / 10% of the labels (SwAV / Barlow Twins presets)"),
+    "convert": ("evaluate.detection.convert:main", "checkpoint -> detectron2 weights (.pkl), with --verify"),
+    "detection": ("evaluate.detection.launcher:main", "Mask R-CNN R50-FPN transfer through detectron2 (paper Table 3)"),
+    "synthetic-coco": ("evaluate.detection.synthetic_coco:main", "write a small synthetic COCO-format data set"),
+    "tables": ("evaluate.report.tables:main", "paper-style Tables 1-4 and leaderboard.csv from result records"),
     "neighbors": ("evaluate.neighbors:main", "neighbour grid of a pre-training checkpoint (paper Fig. 3/4)"),
     "demo": ("evaluate.demo:main", "the main job end to end on the embedded data (make demo)"),
 }

@@ -63,12 +63,12 @@ def _call(main, argv: list[str]) -> None:
 
 def run_demo(out: Path, scale_name: str, data_dir: str | None) -> Path:
     from evaluate import __main__ as evaluate_cli
-    from evaluate.convert_to_detectron2 import main as convert_main
-    from evaluate.detection import main as detection_main
-    from evaluate.figures import plot_eval_curves, plot_pretrain_curves
+    from evaluate.detection.convert import main as convert_main
+    from evaluate.detection.launcher import main as detection_main
+    from evaluate.report.figures import plot_eval_curves, plot_pretrain_curves
     from evaluate.neighbors import neighbor_grid
-    from evaluate.synthetic_coco import generate_synthetic_coco
-    from evaluate.tables import build_tables, table1_markdown
+    from evaluate.detection.synthetic_coco import generate_synthetic_coco
+    from evaluate.report.tables import build_tables, table1_markdown
     from pretrain.__main__ import main as pretrain_main
 
     scale = SCALES[scale_name]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from evaluate.figures import plot_neighbor_grid
+from evaluate.report.figures import plot_neighbor_grid
 from pretrain.checkpoint import CheckpointError, load_pretrain_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, DataError, build_dataset, eval_transform

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from evaluate.d2_compat import detectron2_missing_reason
+from evaluate.detection.d2_compat import detectron2_missing_reason
 
 
 @pytest.mark.slow

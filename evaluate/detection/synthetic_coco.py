@@ -3,7 +3,7 @@
 No COCO subset can be downloaded on our machines, so the detection pipeline (registration,
 Mask R-CNN training, COCOEvaluator) is exercised on images of drawn shapes instead. Each object
 is a filled polygon; its annotation is that same polygon, so the ground truth is exact and
-feeding it back as predictions scores AP = 1.0 through pycocotools (tests/evaluate/test_synthetic_coco.py).
+feeding it back as predictions scores AP = 1.0 through pycocotools (tests/evaluate/detection/test_synthetic_coco.py).
 
 The layout is COCO 2017's, which detectron2's ``register_coco_instances`` and our launcher read:
 
@@ -12,7 +12,7 @@ The layout is COCO 2017's, which detectron2's ``register_coco_instances`` and ou
     OUT_DIR/train2017/000000000001.jpg ...
     OUT_DIR/val2017/...
 
-Usage: python -m evaluate.synthetic_coco OUT_DIR --train 32 --val 8 --size 128 --seed 0
+Usage: python -m evaluate.detection.synthetic_coco OUT_DIR --train 32 --val 8 --size 128 --seed 0
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def generate_synthetic_coco(out_dir: str | os.PathLike, *, train: int = 32, val:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluate.synthetic_coco",
+        prog="python -m evaluate.detection.synthetic_coco",
         description="Write a small synthetic COCO-format instance-segmentation set (drawn squares, triangles "
                     "and disks with exact polygon masks) in the COCO 2017 layout, for tests and the demo.")
     parser.add_argument("out_dir", help="output folder (annotations/, train2017/, val2017/ are created in it)")

@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from classification_fixtures import TinyBackbone, colour_blobs  # noqa: E402
-from evaluate.features import extract_features  # noqa: E402
-from evaluate.knn import knn_classify  # noqa: E402
-from evaluate.linear import LinearSettings, linear_probe, linear_probe_fast, new_linear_head  # noqa: E402
-from evaluate.metrics import evaluate_classifier  # noqa: E402
-from evaluate.linear import LinearClassifier, sharded_eval_loader  # noqa: E402
-from evaluate.semisup import FineTuneSettings, fine_tune  # noqa: E402
+from evaluate.classification.features import extract_features  # noqa: E402
+from evaluate.classification.knn import knn_classify  # noqa: E402
+from evaluate.classification.linear import LinearSettings, linear_probe, linear_probe_fast, new_linear_head  # noqa: E402
+from evaluate.classification.metrics import evaluate_classifier  # noqa: E402
+from evaluate.classification.linear import LinearClassifier, sharded_eval_loader  # noqa: E402
+from evaluate.classification.semisup import FineTuneSettings, fine_tune  # noqa: E402
 from pretrain.distributed import cleanup, init_distributed, is_main, world_size  # noqa: E402
 
 

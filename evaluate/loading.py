@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from pretrain.backbones import RESNETS, VITS, build_backbone
 from pretrain.provenance import file_sha256
+from evaluate.errors import BackboneLoadError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ SNCLR_FORMAT = "snclr-bench/pretrain/v1"
 _HEAD_PREFIXES = ("fc.", "head.", "head_dist.")
 _RESNET_DEPTHS = {(2, 2, 2, 2, False): "resnet18", (3, 4, 6, 3, False): "resnet34",
                   (3, 4, 6, 3, True): "resnet50", (3, 4, 23, 3, True): "resnet101"}
-
-
-class BackboneLoadError(ValueError):
-    """A checkpoint that does not hold a usable backbone; the message says what was wrong."""
 
 
 @dataclass

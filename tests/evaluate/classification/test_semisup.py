@@ -9,8 +9,8 @@ import torch
 
 from classification_fixtures import (FASHION_MNIST, PYTHON, REPO, SHARED, TinyBackbone, colour_blobs,
                                      write_image_folder, write_split_tree)
-from evaluate.records import read_records
-from evaluate.semisup import (SIMCLR_SUBSETS, FineTuneSettings, SubsetFileError, check_simclr_subset,
+from evaluate.report.records import read_records
+from evaluate.classification.semisup import (SIMCLR_SUBSETS, FineTuneSettings, SubsetFileError, check_simclr_subset,
                               fine_tune, generate_subset, label_subset, preset_settings, read_subset_file,
                               resolve_subset, subset_names, write_subset_file)
 from pretrain.data import FashionMNIST, IndexedImageFolder
@@ -214,7 +214,7 @@ def test_cli_semisup_refuses_a_list_naming_missing_images(tmp_path):
 def test_small_scale_overrides_are_listed_as_deviations_and_flags_win():
     from argparse import Namespace
 
-    from evaluate.semisup import resolve_settings
+    from evaluate.classification.semisup import resolve_settings
 
     none = Namespace(epochs=None, batch_size=None, trunk_lr=None, head_lr=None, min_scale=None)
     settings, deviations = resolve_settings("swav", 1, "fashion-mnist", none)

@@ -1,15 +1,15 @@
 """Convert a pre-trained ResNet checkpoint into detectron2's weight format.
 
-Usage: python -m evaluate.convert_to_detectron2 INPUT OUTPUT [--arch resnet50] [--verify]
+Usage: python -m evaluate.detection.convert INPUT OUTPUT [--arch resnet50] [--verify]
 
-INPUT is any checkpoint ``evaluate.backbone_loading`` reads (ours, MoCo v1/v2/v3, DINO, solo-learn,
+INPUT is any checkpoint ``evaluate.loading`` reads (ours, MoCo v1/v2/v3, DINO, solo-learn,
 plain torchvision); its format is detected. OUTPUT is a pickle in the layout detectron2's own
 converters write (MoCo's ``detection/convert-pretrain-to-detectron2.py``):
 ``{"model": {name: numpy array}, "__author__": "snclr-bench", "matching_heuristics": True}`` with
 detectron2's ResNet names (stem.conv1, stem.conv1.norm, res2..res5, convN.norm, shortcut,
 shortcut.norm). ``matching_heuristics`` tells detectron2's checkpointer to match these names by suffix
 to ``backbone.bottom_up.*``. A sidecar ``OUTPUT.json`` records the source sha256, format, arch,
-tensor count and every dropped key; ``evaluate.detection`` reads it to fill the result record.
+tensor count and every dropped key; ``evaluate.detection.launcher`` reads it to fill the result record.
 
 detectron2 only logs names it could not match, so a wrong prefix silently gives a randomly
 initialised backbone. ``--verify`` guards against that: it builds the Mask R-CNN of our config,
@@ -33,15 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluate.backbone_loading import BackboneLoadError, load_backbone_state_dict
+from evaluate.loading import BackboneLoadError, load_backbone_state_dict
 from pretrain.provenance import file_sha256
 from pretrain.fileio import atomic_write_bytes
+from evaluate.errors import ConversionError
 
 log = logging.getLogger(__name__)
 
 AUTHOR = "snclr-bench"
 SIDECAR_FORMAT = "snclr-bench/detectron2-weights/v1"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VERIFY_CONFIG = REPO / "detectron2_configs" / "mask_rcnn_R_50_FPN_1x_ssl.yaml"
 
 # Backbone tensors per architecture (torchvision ResNet minus fc and num_batches_tracked). Counting
@@ -56,10 +57,6 @@ DETECTRON2_RESNETS = {"resnet18": {"DEPTH": 18, "RES2_OUT_CHANNELS": 64},
 _STEM = {"conv1.weight": "stem.conv1.weight"}
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(\w+)$")
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted, or a conversion that detectron2 does not load back."""
 
 
 def _detectron2_name(key: str) -> str:
@@ -166,7 +163,7 @@ def verify_with_detectron2(weights_path: str | os.PathLike, expected: Mapping[st
     converted source tensors, keyed by detectron2 name). ``num_batches_tracked`` is excluded: the source
     drops it on purpose. Returns the number of tensors checked; raises ConversionError otherwise.
     """
-    from evaluate.d2_compat import import_detectron2
+    from evaluate.detection.d2_compat import import_detectron2
     import_detectron2()
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
@@ -247,7 +244,7 @@ def read_detectron2_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluate.convert_to_detectron2",
+        prog="python -m evaluate.detection.convert",
         description="Convert a pre-trained ResNet checkpoint (ours, MoCo v1/v2/v3, DINO, solo-learn, torchvision; "
                     "format detected) into a detectron2 weight pickle plus a sidecar OUTPUT.json.")
     parser.add_argument("input", help="pre-training checkpoint (.pth/.pth.tar/.ckpt)")

@@ -9,10 +9,10 @@ import torch
 
 from classification_fixtures import PYTHON, REPO, TinyBackbone, colour_blobs, write_split_tree
 from pretrain.metrics_log import MetricsLog
-from evaluate import linear, run_io
-from evaluate.linear import (LinearClassifier, LinearSettings, ProtocolCheckError, check_backbone_unchanged,
+from evaluate.classification import linear, run_io
+from evaluate.classification.linear import (LinearClassifier, LinearSettings, ProtocolCheckError, check_backbone_unchanged,
                              check_only_head_missing, linear_probe, linear_probe_fast, new_linear_head)
-from evaluate.records import read_records
+from evaluate.report.records import read_records
 
 CPU = torch.device("cpu")
 

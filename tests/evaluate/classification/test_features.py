@@ -7,8 +7,8 @@ import torch
 from torchvision import transforms
 
 from classification_fixtures import TinyBackbone, colour_blobs
-from evaluate.features import FeatureKey, cached_features, extract_features, transform_description
-from evaluate.cli_common import TransformedView
+from evaluate.classification.features import FeatureKey, cached_features, extract_features, transform_description
+from evaluate.classification.cli_common import TransformedView
 
 CPU = torch.device("cpu")
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 import torchvision
 
-from evaluate.d2_compat import detectron2_missing_reason
-from evaluate.records import read_records
+from evaluate.detection.d2_compat import detectron2_missing_reason
+from evaluate.report.records import read_records
 from pretrain.provenance import file_sha256
 
 D2_MISSING = detectron2_missing_reason()
 needs_detectron2 = pytest.mark.skipif(D2_MISSING is not None, reason=str(D2_MISSING))
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "detectron2_configs"
 SMOKE_R18 = CONFIGS / "mask_rcnn_R_18_FPN_smoke.yaml"
 
@@ -36,7 +36,7 @@ def _cfg(name: str, *opts: str):
 @needs_detectron2
 @pytest.mark.parametrize("name", ["mask_rcnn_R_50_FPN_1x_ssl.yaml", "mask_rcnn_R_50_FPN_1x_supervised.yaml"])
 def test_table3_configs_are_the_protocol(name: str) -> None:
-    from evaluate.detection import protocol_deviations
+    from evaluate.detection.launcher import protocol_deviations
 
     cfg = _cfg(name)
     assert protocol_deviations(cfg) == []
@@ -49,7 +49,7 @@ def test_table3_configs_are_the_protocol(name: str) -> None:
 
 @needs_detectron2
 def test_smoke_configs_list_their_deviations() -> None:
-    from evaluate.detection import protocol_deviations
+    from evaluate.detection.launcher import protocol_deviations
 
     deviations = protocol_deviations(_cfg("mask_rcnn_R_18_FPN_smoke.yaml"))
     assert "SOLVER.MAX_ITER=20 (protocol: 90000)" in deviations
@@ -59,7 +59,7 @@ def test_smoke_configs_list_their_deviations() -> None:
 
 @needs_detectron2
 def test_syncbn_becomes_bn_only_for_one_process() -> None:
-    from evaluate.detection import replace_syncbn_for_single_process
+    from evaluate.detection.launcher import replace_syncbn_for_single_process
 
     cfg = _cfg("mask_rcnn_R_50_FPN_1x_ssl.yaml")
     assert not replace_syncbn_for_single_process(cfg, world_size=8)
@@ -72,7 +72,7 @@ def test_syncbn_becomes_bn_only_for_one_process() -> None:
 
 @needs_detectron2
 def test_metrics_come_from_coco_evaluator_results() -> None:
-    from evaluate.detection import DetectionError, detection_metrics
+    from evaluate.detection.launcher import DetectionError, detection_metrics
 
     results = {"bbox": {"AP": 40.1, "AP50": 60.2, "AP75": 43.3, "APs": 1.0},
                "segm": {"AP": 35.4, "AP50": 57.5, "AP75": 37.6}}
@@ -87,8 +87,8 @@ def test_metrics_come_from_coco_evaluator_results() -> None:
 @pytest.fixture(scope="module")
 def smoke_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A synthetic COCO set and a converted ResNet-18 saved as one of our pre-training checkpoints."""
-    from evaluate.convert_to_detectron2 import convert_checkpoint
-    from evaluate.synthetic_coco import generate_synthetic_coco
+    from evaluate.detection.convert import convert_checkpoint
+    from evaluate.detection.synthetic_coco import generate_synthetic_coco
 
     root = tmp_path_factory.mktemp("smoke")
     generate_synthetic_coco(root / "coco", train=8, val=3, size=128, seed=0)
@@ -103,7 +103,7 @@ def smoke_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run(smoke_inputs: dict[str, Path], out: str, **kwargs):
-    from evaluate.detection import DetectionRun
+    from evaluate.detection.launcher import DetectionRun
 
     return DetectionRun(config_file=SMOKE_R18, weights=kwargs.pop("weights", smoke_inputs["weights"]),
                         coco_root=smoke_inputs["coco"], output_dir=smoke_inputs["root"] / out,
@@ -113,7 +113,7 @@ def _run(smoke_inputs: dict[str, Path], out: str, **kwargs):
 
 @needs_detectron2
 def test_smoke_run_trains_evaluates_and_writes_a_record(smoke_inputs: dict[str, Path]) -> None:
-    from evaluate.detection import run_detection
+    from evaluate.detection.launcher import run_detection
 
     # SyncBN asked for on one process: the launcher must fall back to BN and say so in the record.
     run = _run(smoke_inputs, "run", opts=["MODEL.RESNETS.NORM", "SyncBN", "MODEL.FPN.NORM", "SyncBN",
@@ -141,7 +141,7 @@ def test_smoke_run_trains_evaluates_and_writes_a_record(smoke_inputs: dict[str, 
     assert max(iterations) == 5
     # Training changed the backbone it started from (the converted weights, checked at start-up).
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    from evaluate.convert_to_detectron2 import read_detectron2_weights
+    from evaluate.detection.convert import read_detectron2_weights
     initial = read_detectron2_weights(smoke_inputs["weights"])
     assert not np.array_equal(np.asarray(final["backbone.bottom_up.res2.0.conv1.weight"]),
                               initial["res2.0.conv1.weight"])
@@ -156,7 +156,7 @@ def test_smoke_run_trains_evaluates_and_writes_a_record(smoke_inputs: dict[str, 
 def test_wrong_prefix_weights_are_refused_at_start(smoke_inputs: dict[str, Path]) -> None:
     import pickle
 
-    from evaluate.detection import DetectionError, run_detection
+    from evaluate.detection.launcher import DetectionError, run_detection
 
     with open(smoke_inputs["weights"], "rb") as handle:
         payload = pickle.load(handle)
@@ -177,7 +177,7 @@ def test_wrong_prefix_weights_are_refused_at_start(smoke_inputs: dict[str, Path]
 
 @needs_detectron2
 def test_bad_inputs_fail_with_one_line(smoke_inputs: dict[str, Path]) -> None:
-    from evaluate.detection import DetectionError, run_detection
+    from evaluate.detection.launcher import DetectionError, run_detection
 
     with pytest.raises(DetectionError, match="NUM_CLASSES is 80 but .* has 3 categories"):
         run_detection(_run(smoke_inputs, "classes", opts=["MODEL.ROI_HEADS.NUM_CLASSES", "80"]))
@@ -187,7 +187,7 @@ def test_bad_inputs_fail_with_one_line(smoke_inputs: dict[str, Path]) -> None:
     if torch.cuda.device_count() < 2:  # DefaultTrainer's DDP needs one GPU per process
         with pytest.raises(DetectionError, match="--num-gpus 2 needs that many GPUs"):
             run_detection(_run(smoke_inputs, "two", num_gpus=2))
-    cli = subprocess.run([sys.executable, "-m", "evaluate.detection", "--config-file", str(SMOKE_R18),
+    cli = subprocess.run([sys.executable, "-m", "evaluate.detection.launcher", "--config-file", str(SMOKE_R18),
                           "--weights", str(smoke_inputs["weights"]), "--coco-root", str(smoke_inputs["root"] / "none"),
                           "--output-dir", str(smoke_inputs["root"] / "cli")], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
@@ -199,12 +199,12 @@ def test_bad_inputs_fail_with_one_line(smoke_inputs: dict[str, Path]) -> None:
 @needs_detectron2
 @pytest.mark.slow
 def test_cli_runs_the_r50_smoke_config(smoke_inputs: dict[str, Path], tmp_path: Path) -> None:
-    from evaluate.convert_to_detectron2 import convert_checkpoint
+    from evaluate.detection.convert import convert_checkpoint
 
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
     convert_checkpoint(tmp_path / "r50.pth", tmp_path / "r50.pkl")
-    cli = subprocess.run([sys.executable, "-m", "evaluate.detection",
+    cli = subprocess.run([sys.executable, "-m", "evaluate.detection.launcher",
                           "--config-file", str(CONFIGS / "mask_rcnn_R_50_FPN_smoke.yaml"),
                           "--weights", str(tmp_path / "r50.pkl"), "--coco-root", str(smoke_inputs["coco"]),
                           "--output-dir", str(tmp_path / "out"), "--records", str(tmp_path / "records.jsonl"),
@@ -225,8 +225,8 @@ def test_missing_detectron2_is_one_line(tmp_path: Path) -> None:
             "        if name.split('.')[0] == 'detectron2':\n"
             "            raise ModuleNotFoundError(\"No module named 'detectron2'\")\n"
             "sys.meta_path.insert(0, NoDetectron2())\n"
-            "sys.argv[0] = 'evaluate.detection'\n"
-            "from evaluate.detection import main\n"
+            "sys.argv[0] = 'evaluate.detection.launcher'\n"
+            "from evaluate.detection.launcher import main\n"
             "main()\n")
     cli = subprocess.run([sys.executable, "-c", hide, "--config-file", str(SMOKE_R18), "--weights", "w.pkl",
                           "--coco-root", str(tmp_path), "--output-dir", str(tmp_path / "out")],

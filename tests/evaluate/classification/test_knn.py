@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from classification_fixtures import PYTHON, REPO, write_image_folder, write_split_tree
 from evaluate.__main__ import main as evaluate_main
-from evaluate.knn import KNNSettings, knn_classify
-from evaluate.records import read_records
+from evaluate.classification.knn import KNNSettings, knn_classify
+from evaluate.report.records import read_records
 from pretrain.backbones import build_backbone
 
 

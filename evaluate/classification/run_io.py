@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from evaluate.errors import ResumeError
 
 
 log = logging.getLogger(__name__)
-
-
-class ResumeError(ValueError):
-    """A resume state that belongs to another run; the message names the file and the difference."""
 
 
 def load_resume_state(path: Path, expected: dict[str, Any]) -> dict | None:

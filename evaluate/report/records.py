@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pretrain.provenance import code_version
+from evaluate.errors import RecordError
 
 SCHEMA = "snclr-bench/result/v1"
 
@@ -30,10 +31,6 @@ PROTOCOL_FAMILIES = (
 )
 
 _REQUIRED = ("method", "backbone", "dataset", "protocol", "protocol_id", "metrics_final")
-
-
-class RecordError(ValueError):
-    """A result record that is malformed; the message names file and line."""
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from evaluate.metrics import collective_device
+from evaluate.classification.metrics import collective_device
 from pretrain.checkpoint import save_atomic
 from pretrain.distributed import barrier, is_distributed, is_main, rank, world_size
 

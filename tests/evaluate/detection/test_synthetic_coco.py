@@ -15,9 +15,9 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from evaluate.synthetic_coco import CATEGORIES, generate_synthetic_coco
+from evaluate.detection.synthetic_coco import CATEGORIES, generate_synthetic_coco
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _ground_truth_as_predictions(coco: COCO) -> list[dict]:
@@ -93,12 +93,12 @@ def test_same_seed_same_set_other_seed_other_set(tmp_path: Path) -> None:
 
 
 def test_cli_writes_layout_and_rejects_bad_size(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "evaluate.synthetic_coco", str(tmp_path / "out"), "--train", "2",
+    run = subprocess.run([sys.executable, "-m", "evaluate.detection.synthetic_coco", str(tmp_path / "out"), "--train", "2",
                           "--val", "1", "--size", "48", "--seed", "0"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out/annotations/instances_train2017.json").is_file()
     assert len(list((tmp_path / "out/val2017").glob("*.jpg"))) == 1
-    bad = subprocess.run([sys.executable, "-m", "evaluate.synthetic_coco", str(tmp_path / "bad"), "--size", "8"],
+    bad = subprocess.run([sys.executable, "-m", "evaluate.detection.synthetic_coco", str(tmp_path / "bad"), "--size", "8"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --size must be at least")

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from evaluate.classification import cli_common
+
 log = logging.getLogger(__name__)
 
 
@@ -91,7 +93,6 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
 
 def main(argv: list[str] | None = None) -> None:
-    from evaluate import cli_common
 
     parser = argparse.ArgumentParser(
         prog="python -m evaluate knn",

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from evaluate import tables
-from evaluate.records import RecordError, ResultRecord, write_record
+from evaluate.report import tables
+from evaluate.report.records import RecordError, ResultRecord, write_record
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared"  # ../shared beside the repository root
 REFERENCE = REPO / "results" / "reference" / "paper_numbers.csv"
 
@@ -161,7 +161,7 @@ def test_duplicate_records_newest_wins_with_warning(tmp_path, caplog):
     old, new = tmp_path / "a" / "results.jsonl", tmp_path / "b" / "results.jsonl"
     write_record(new, record(metrics_final={"top1": 76.0}, created_at="2024-03-01T00:00:00+00:00"))
     write_record(old, record(metrics_final={"top1": 70.0}, created_at="2024-02-01T00:00:00+00:00"))
-    with caplog.at_level(logging.WARNING, logger="evaluate.tables"):
+    with caplog.at_level(logging.WARNING, logger="evaluate.report.tables"):
         facts = tables.collect_facts([tmp_path], [])
     (table,) = tables.table1(facts, "imagenet-1k")
     assert table.rows[0].values[table.value_headers.index("800 ep")] == 76.0
@@ -201,7 +201,7 @@ def test_malformed_record_names_file_and_line(tmp_path):
 def test_cli_reports_malformed_record_in_one_line(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text('{"method": "SNCLR", "protocol": "linear"}\n')
-    result = subprocess.run([sys.executable, "-m", "evaluate.tables", str(path), "--out-dir", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "evaluate.report.tables", str(path), "--out-dir", str(tmp_path / "out")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
@@ -309,12 +309,12 @@ def test_table1_markdown_api_and_cli(tmp_path):
     text = tables.table1_markdown([path], "imagenet-1k", [REFERENCE])
     assert "Table 1a" in text and "Table 1b" in text and "**75.5**" in text
     assert tables.table1_markdown([path], "fashion-mnist") == "(no linear-probe results for fashion-mnist)\n"
-    result = subprocess.run([sys.executable, "-m", "evaluate.tables", str(path), "--out-dir", str(tmp_path / "out"),
+    result = subprocess.run([sys.executable, "-m", "evaluate.report.tables", str(path), "--out-dir", str(tmp_path / "out"),
                              "--print-table1", "imagenet-1k"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| SNCLR | resnet50 | measured |" in result.stdout
     assert (tmp_path / "out" / "tables.md").is_file()
-    help_text = subprocess.run([sys.executable, "-m", "evaluate.tables", "--help"], cwd=REPO, capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "evaluate.report.tables", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=120)
     assert help_text.returncode == 0 and "--metric-kind" in help_text.stdout
 

@@ -1,6 +1,6 @@
 """Tables 1-4 of the SNCLR paper and ``leaderboard.csv``, generated from result records.
 
-Inputs are the JSON-lines result records that every evaluator writes (:mod:`evaluate.records`) and
+Inputs are the JSON-lines result records that every evaluator writes (:mod:`evaluate.report.records`) and
 reference CSV files of published numbers (``results/reference/paper_numbers.csv``, one number per
 row with its source). Nothing here is typed by hand: a cell holds either a measured number from a
 record or a reference number from a CSV row, and a cell that has neither stays blank.
@@ -18,7 +18,7 @@ dataset, so a number measured on Fashion-MNIST never sits under an ImageNet-1k h
 
 Usage::
 
-    python -m evaluate.tables runs/ --out-dir results/tables
+    python -m evaluate.report.tables runs/ --out-dir results/tables
 """
 from __future__ import annotations
 
@@ -36,12 +36,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluate.records import PROTOCOL_FAMILIES, SCHEMA, RecordError, ResultRecord, iter_records
+from evaluate.report.records import PROTOCOL_FAMILIES, SCHEMA, RecordError, ResultRecord, iter_records
 from pretrain.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "paper_numbers.csv"
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference" / "paper_numbers.csv"
 
 REFERENCE_COLUMNS = ("table", "protocol", "dataset", "method", "backbone", "pretrain_epochs", "metric",
                      "value", "source", "note")
@@ -648,7 +648,7 @@ def table1_markdown_from_facts(facts: Sequence[Fact], dataset: str) -> str:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluate.tables",
+        prog="python -m evaluate.report.tables",
         description="Build Tables 1-4 of the SNCLR paper (Markdown, LaTeX, CSV) and leaderboard.csv from result "
                     "records and reference numbers.")
     parser.add_argument("records", nargs="+", help="result record files (JSONL) or run directories, searched "

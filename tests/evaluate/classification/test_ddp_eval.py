@@ -14,7 +14,7 @@ import torch
 
 from classification_fixtures import REPO
 
-WORKER = REPO / "tests" / "evaluate" / "ddp_eval_worker.py"
+WORKER = REPO / "tests" / "evaluate" / "classification" / "ddp_eval_worker.py"
 TORCHRUN = REPO / ".venv" / "bin" / "torchrun"
 
 

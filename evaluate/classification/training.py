@@ -4,7 +4,7 @@ Under DDP every rank takes its slice of the *same* global batch that a single pr
 (one seeded permutation per epoch, cut into global batches, each cut into ``world`` slices), and
 the loss is normalised by the global batch size. The averaged DDP gradient is then exactly the
 single-process gradient, which is what makes a 2-rank run reproduce a 1-process one (checked in
-tests/evaluate/test_ddp_eval.py). ``DistributedSampler`` instead deals whole batches of a strided
+tests/evaluate/classification/test_ddp_eval.py). ``DistributedSampler`` instead deals whole batches of a strided
 permutation, so the two runs see different batches.
 """
 from __future__ import annotations
@@ -22,17 +22,14 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from evaluate.metrics import AverageMeter
-from evaluate.run_io import load_resume_state
+from evaluate.classification.metrics import AverageMeter
+from evaluate.classification.run_io import load_resume_state
 from pretrain.checkpoint import save_atomic
 from pretrain.metrics_log import MetricsLog
 from pretrain.distributed import is_main, rank, world_size
+from evaluate.errors import TrainingSettingsError
 
 log = logging.getLogger(__name__)
-
-
-class TrainingSettingsError(ValueError):
-    """Settings a training run cannot use (e.g. a global batch smaller than the number of ranks)."""
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

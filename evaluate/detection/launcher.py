@@ -2,8 +2,8 @@
 
 Usage (one machine, 8 GPUs; the Table 3 run):
 
-    python -m evaluate.convert_to_detectron2 snclr_r50.pth out/snclr_r50.pkl --verify
-    python -m evaluate.detection --config-file detectron2_configs/mask_rcnn_R_50_FPN_1x_ssl.yaml \\
+    python -m evaluate.detection.convert snclr_r50.pth out/snclr_r50.pkl --verify
+    python -m evaluate.detection.launcher --config-file detectron2_configs/mask_rcnn_R_50_FPN_1x_ssl.yaml \\
         --weights out/snclr_r50.pkl --coco-root /data/coco --output-dir out/det/snclr_r50 \\
         --records results/records.jsonl --num-gpus 8
 
@@ -32,12 +32,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from evaluate.convert_to_detectron2 import (DETECTRON2_RESNETS, SIDECAR_FORMAT, ConversionError, check_bottom_up,
+from evaluate.detection.convert import (DETECTRON2_RESNETS, SIDECAR_FORMAT, ConversionError, check_bottom_up,
                                             read_detectron2_weights, sidecar_path_for)
-from evaluate.d2_compat import Detectron2Unavailable, import_detectron2
-from evaluate.records import ResultRecord, write_record
+from evaluate.detection.d2_compat import Detectron2Unavailable, import_detectron2
+from evaluate.report.records import ResultRecord, write_record
 from pretrain.provenance import file_sha256
 from pretrain.fileio import atomic_write_text
+from evaluate.errors import DetectionError
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,6 @@ PROTOCOL = {
 }
 _SPLITS = {"train": ("annotations/instances_train2017.json", "train2017"),
            "val": ("annotations/instances_val2017.json", "val2017")}
-
-
-class DetectionError(ValueError):
-    """Bad input to a detection run; the message names the file, flag or config key."""
 
 
 @dataclasses.dataclass
@@ -399,10 +396,10 @@ def run_detection(run: DetectionRun) -> ResultRecord | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluate.detection",
+        prog="python -m evaluate.detection.launcher",
         description="Fine-tune Mask R-CNN (detectron2) from converted pre-trained weights on COCO 2017 and write "
                     "one result record (AP, AP50, AP75 for bbox and segm). Convert weights first with "
-                    "`python -m evaluate.convert_to_detectron2`.",
+                    "`python -m evaluate.detection.convert`.",
         epilog="Trailing KEY VALUE pairs override the config, as in detectron2's train_net.py "
                "(e.g. SOLVER.MAX_ITER 100 MODEL.DEVICE cpu).")
     parser.add_argument("--config-file", type=Path, required=True, help="a YAML from detectron2_configs/")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluate import figures
+from evaluate.report import figures
 
 
 def write_jsonl(path: Path, entries: list[dict]) -> Path:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from evaluate.backbone_loading import (BackboneLoadError, build_loaded_backbone, detect_arch,
+from evaluate.loading import (BackboneLoadError, build_loaded_backbone, detect_arch,
                                        load_backbone_state_dict)
 from pretrain.backbones import build_backbone
 

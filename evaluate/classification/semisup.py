@@ -34,12 +34,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from evaluate.metrics import classification_ks, evaluate_classifier
+from evaluate.classification.metrics import classification_ks, evaluate_classifier
 from pretrain.provenance import file_sha256
-from evaluate.training import ShardedBatchSampler, cosine_lr, fit, step_lr
-from evaluate.linear import LinearClassifier, new_linear_head, sharded_eval_loader
+from evaluate.classification.training import ShardedBatchSampler, cosine_lr, fit, step_lr
+from evaluate.classification.linear import LinearClassifier, new_linear_head, sharded_eval_loader
 from pretrain.distributed import barrier, convert_sync_batchnorm, is_distributed, is_main, wrap_ddp
 from pretrain.fileio import atomic_write_text
+from evaluate.classification import cli_common
+from evaluate.errors import SubsetFileError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,6 @@ SIMCLR_SUBSETS = {
     10: (128116, "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
 }
 IMAGENET_CLASSES = 1000
-
-
-class SubsetFileError(ValueError):
-    """A label-subset file that cannot be used; the message names the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,14 +286,12 @@ def fine_tune(backbone: nn.Module, feature_dim: int, train_set: Dataset, val_set
 
 def resolve_settings(preset: str, percent: int, dataset: str,
                      args: argparse.Namespace) -> tuple[FineTuneSettings, list[str]]:
-    from evaluate.cli_common import resolve_overrides
 
     flags = {name: getattr(args, name, None) for name in ("epochs", "batch_size", "trunk_lr", "head_lr", "min_scale")}
-    return resolve_overrides(preset_settings(preset, percent), small_scale_overrides(dataset, preset, percent), flags)
+    return cli_common.resolve_overrides(preset_settings(preset, percent), small_scale_overrides(dataset, preset, percent), flags)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from evaluate import cli_common
 
     parser = argparse.ArgumentParser(
         prog="python -m evaluate semisup",

@@ -22,22 +22,19 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 
-from evaluate.backbone_loading import BackboneLoadError, LoadedBackbone, build_loaded_backbone
-from evaluate.features import FeatureKey, cached_features, transform_description
-from evaluate.records import RecordError, ResultRecord, write_record
-from evaluate.run_io import ResumeError
+from evaluate.loading import BackboneLoadError, LoadedBackbone, build_loaded_backbone
+from evaluate.classification.features import FeatureKey, cached_features, transform_description
+from evaluate.report.records import RecordError, ResultRecord, write_record
+from evaluate.classification.run_io import ResumeError
 from pretrain.backbones import BACKBONES, build_backbone, is_vit
 from pretrain.data import (DataError, build_dataset, dataset_targets, eval_transform, linear_train_transform,
                            resolve_fashion_mnist_dir)
 from pretrain.distributed import cleanup, init_distributed, is_main, world_size
+from evaluate.errors import EvalError, ProtocolCheckError, SubsetFileError, TrainingSettingsError
 
 log = logging.getLogger(__name__)
 
 RANDOM_INIT = "random"
-
-
-class EvalError(ValueError):
-    """Bad input to an evaluator; the message names the flag or file and what was expected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,10 +286,6 @@ _INPUT_ERRORS = (EvalError, BackboneLoadError, DataError, RecordError, ResumeErr
 @contextlib.contextmanager
 def run_context(args: argparse.Namespace, name: str) -> Iterator[RunContext]:
     """Set up logging, DDP, backbone and data; turn bad input into ``SystemExit("error: ...")``."""
-    from evaluate.linear import ProtocolCheckError
-    from evaluate.semisup import SubsetFileError
-    from evaluate.training import TrainingSettingsError
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.time()
     try:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared"  # ../shared beside the repository root
 PYTHON = REPO / ".venv" / "bin" / "python"
 FASHION_MNIST = Path(os.environ.get("SNCLR_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))

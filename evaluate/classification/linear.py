@@ -22,16 +22,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from evaluate.metrics import AccuracyCounter, classification_ks, evaluate_classifier
-from evaluate.training import ShardedBatchSampler, cosine_lr, fit
+from evaluate.classification.metrics import AccuracyCounter, classification_ks, evaluate_classifier
+from evaluate.classification.training import ShardedBatchSampler, cosine_lr, fit
 from pretrain.backbones import is_vit
 from pretrain.distributed import is_distributed, rank, world_size
+from evaluate.classification import cli_common
+from evaluate.errors import ProtocolCheckError
 
 log = logging.getLogger(__name__)
-
-
-class ProtocolCheckError(RuntimeError):
-    """A MoCo-style sanity check failed: the probe would not measure the loaded backbone."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,16 +215,14 @@ def _add_linear_arguments(parser: argparse.ArgumentParser, fast: bool) -> None:
 
 def resolve_settings(arch: str, dataset: str, args: argparse.Namespace) -> tuple[LinearSettings, list[str]]:
     """Paper settings, then the data set's small-scale overrides, then explicit flags; plus deviations."""
-    from evaluate.cli_common import resolve_overrides
 
     flags = {name: getattr(args, name, None) for name in ("epochs", "batch_size", "base_lr", "min_scale", "crops")}
-    settings, deviations = resolve_overrides(paper_settings(arch), SMALL_SCALE.get(dataset, {}), flags)
+    settings, deviations = cli_common.resolve_overrides(paper_settings(arch), SMALL_SCALE.get(dataset, {}), flags)
     # The crop count only exists in fast mode, whose own deviation line already describes it.
     return settings, [d for d in deviations if not d.startswith("crops:")]
 
 
 def main(argv: list[str] | None = None, fast: bool = False) -> None:
-    from evaluate import cli_common
 
     name = "linear-fast" if fast else "linear"
     parser = argparse.ArgumentParser(

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torchvision
 
-from evaluate.convert_to_detectron2 import (EXPECTED_TENSORS, ConversionError, convert_checkpoint,
+from evaluate.detection.convert import (EXPECTED_TENSORS, ConversionError, convert_checkpoint,
                                             torchvision_resnet_to_detectron2, verify_with_detectron2,
                                             write_detectron2_weights)
-from evaluate.d2_compat import detectron2_missing_reason
+from evaluate.detection.d2_compat import detectron2_missing_reason
 from pretrain.provenance import file_sha256
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 D2_MISSING = detectron2_missing_reason()
 needs_detectron2 = pytest.mark.skipif(D2_MISSING is not None, reason=str(D2_MISSING))
 
@@ -175,7 +175,7 @@ def test_verify_passes_for_converted_and_fails_for_wrong_prefix(
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evaluate.convert_to_detectron2", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "evaluate.detection.convert", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 
