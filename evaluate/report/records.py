@@ -42,12 +42,15 @@ class ResultRecord:
     protocol_id: str
     metrics_final: dict[str, float]   # metric name -> value at the end of the run (percent for acc/AP)
     metrics_best: dict[str, float] = dataclasses.field(default_factory=dict)  # best over epochs
-    pretrain_epochs: int | None = None
+    pretrain_epochs: int | None = None      # epochs the checkpoint had finished
+    pretrain_epochs_planned: int | None = None  # its configured schedule (None: unknown, e.g. foreign files)
+    pretrain_complete: bool | None = None    # False: a mid-epoch or early snapshot of a longer schedule
     checkpoint_path: str = ""
     checkpoint_sha256: str = ""
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # resolved protocol settings
     variant: dict[str, Any] = dataclasses.field(default_factory=dict)   # pre-training ablation knobs
     deviations: list[str] = dataclasses.field(default_factory=list)     # departures from the protocol
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)  # library versions, argv, ...
     seed: int = 0
     code_version: str = ""
     wall_time_s: float = 0.0
@@ -62,8 +65,14 @@ class ResultRecord:
         if not self.code_version:
             self.code_version = code_version()
 
+    @property
+    def protocol_conformant(self) -> bool:
+        """True when the run followed its protocol exactly: no deviations, and a finished pre-training."""
+        return not self.deviations and self.pretrain_complete is not False
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps({**dataclasses.asdict(self), "protocol_conformant": self.protocol_conformant},
+                          sort_keys=True)
 
 
 def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
@@ -85,6 +94,7 @@ def parse_record(data: Any, where: str) -> ResultRecord:
         raise RecordError(f"{where}: missing required field(s) {missing}")
     if data.get("schema", SCHEMA) != SCHEMA:
         raise RecordError(f"{where}: schema {data.get('schema')!r}, expected {SCHEMA!r}")
+    data = {key: value for key, value in data.items() if key != "protocol_conformant"}  # derived, recomputed
     known = {field.name for field in dataclasses.fields(ResultRecord)}
     unknown = sorted(set(data) - known)
     if unknown:
