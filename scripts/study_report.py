@@ -78,14 +78,17 @@ def plot_curves(logs: pd.DataFrame, out: Path) -> None:
 
 def summarise(results: pd.DataFrame, logs: pd.DataFrame) -> dict:
     stats = results.groupby(["variant", "protocol"])["top1"].agg(["mean", "std", "count"]).reset_index()
-    summary: dict = {"cells": stats.round(3).to_dict(orient="records"), "differences": []}
+    cells = stats.round(3).astype(object).where(stats.notna(), None)   # std of one seed: null, not NaN
+    summary: dict = {"cells": cells.to_dict(orient="records"), "differences": []}
     for protocol in PROTOCOLS:
         cells = stats[stats["protocol"] == protocol].set_index("variant")
         for a, b in combinations(sorted(cells.index), 2):
             diff = cells.loc[a, "mean"] - cells.loc[b, "mean"]
             noise = 2 * max(cells.loc[a, "std"], cells.loc[b, "std"])
+            known = bool(pd.notna(noise))    # one seed on either side: no noise estimate, no verdict
             summary["differences"].append({"protocol": protocol, "a": a, "b": b, "a_minus_b": round(diff, 3),
-                                           "two_std": round(noise, 3), "exceeds_2std": bool(abs(diff) > noise)})
+                                           "two_std": round(noise, 3) if known else None,
+                                           "exceeds_2std": bool(abs(diff) > noise) if known else None})
     wide = results.pivot_table(index=["variant", "seed"], columns="protocol", values="top1")
     if {"linear_fast", "linear"} <= set(wide.columns):
         pairs = wide[["linear_fast", "linear"]].dropna()
