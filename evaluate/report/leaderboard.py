@@ -50,7 +50,9 @@ def leaderboard(facts: pd.DataFrame) -> pd.DataFrame:
     board["checkpoint_sha256"] = shas
     for column in dict.fromkeys(COLUMNS.values()):
         for field, suffix in FIELDS:
-            board[column + suffix] = grid[field][column] if column in grid[field] else float("nan")
+            # pivot_table leaves out what is all NaN (e.g. std where every n is 1)
+            present = (field, column) in grid.columns
+            board[column + suffix] = grid[(field, column)] if present else float("nan")
         board[column + "_n"] = board[column + "_n"].astype("Int64")
     board = board.reset_index()
     main = [c for c in dict.fromkeys(COLUMNS.values())]
