@@ -44,6 +44,8 @@ METRIC_ALIASES = {"AP_mask": "AP_segm", "AP_bbox_50": "AP50_bbox", "AP_bbox_75":
 ABLATION_KEYS = ("neighbors", "k", "loss_form", "positiveness_temperature")
 # A table cell: the same model (method, variant, backbone, schedule) under one protocol family.
 CELL = ["dataset", "protocol", "method", "variant", "backbone", "epochs"]
+FACT_COLUMNS = [*CELL, "metric", "mean", "std", "n", "protocol_id", "records", "checkpoints", "deviations", "source",
+                "block", "reference", "ablation"]
 
 
 class ReferenceFileError(ValueError):
@@ -147,8 +149,7 @@ def select_records(frame: pd.DataFrame) -> pd.DataFrame:
     - Several protocol ids for one cell: the one of the best-ranked record fills it.
     What remains are the seeds (checkpoints or evaluation seeds) of one model, averaged later.
     """
-    by_record = ["where"]
-    records = frame.drop_duplicates(by_record).sort_values(["conformant", "created", "ref"],
+    records = frame.drop_duplicates("where").sort_values(["conformant", "created", "ref"],
                                                             ascending=[False, False, True], kind="stable")
     best = records.groupby(CELL, sort=False, dropna=False)
     records = records.assign(best_ref=best["ref"].transform("first"), best_conformant=best["conformant"].transform("any"),
@@ -227,7 +228,7 @@ def _reference_row(row: dict[str, str], where: str) -> dict | None:
     return dict(dataset=row["dataset"], protocol=protocol, protocol_id=row["protocol"], method=row["method"],
                 variant=_variant_from_name(row["method"]) if row["table"] == "4" else "{}", backbone=row["backbone"],
                 epochs=row["pretrain_epochs"], metric=METRIC_ALIASES.get(row["metric"], row["metric"]), mean=value,
-                std=float("nan"), n=1, records=(where,), checkpoints=(), deviations=(), source="published",
+                std=float("nan"), n=1, records=(Path(where).name,), checkpoints=(), deviations=(), source="published",
                 block=_other_protocol(row["protocol"], row["method"], row["note"]), reference=row["source"],
                 ablation=row["table"] == "4")
 
@@ -244,7 +245,7 @@ def reference_facts(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
         if missing:
             raise ReferenceFileError(f"{path}:1: missing column(s) {missing}; expected {list(REFERENCE_COLUMNS)}")
         for number, row in enumerate(table.to_dict("records"), start=2):
-            fact = _reference_row({k: str(v).strip() for k, v in row.items()}, f"{path.name}:{number}")
+            fact = _reference_row({k: str(v).strip() for k, v in row.items()}, f"{path}:{number}")
             if fact is not None:
                 rows.append(fact)
     return pd.DataFrame(rows)
@@ -255,4 +256,5 @@ def collect_facts(record_paths: Iterable[str | os.PathLike], reference_paths: It
     """Measured and published facts in one frame: one row per number that may fill a cell."""
     record_paths = list(record_paths)
     parts = [reference_facts(reference_paths), measured_facts(record_paths, metric_kind) if record_paths else None]
-    return pd.concat([part for part in parts if part is not None and not part.empty], ignore_index=True)
+    parts = [part for part in parts if part is not None and not part.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FACT_COLUMNS)

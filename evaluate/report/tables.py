@@ -130,8 +130,8 @@ def table1(facts: pd.DataFrame, dataset: str) -> list[Table]:
 
 def _by_metric(facts: pd.DataFrame, dataset: str, columns: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
     header = {(protocol, metric): name for protocol, metric, name in columns}
-    keys = list(zip(facts["protocol"], facts["metric"]))
-    chosen = facts[(facts["dataset"] == dataset) & pd.Series([k in header for k in keys], index=facts.index)]
+    wanted = pd.MultiIndex.from_frame(facts[["protocol", "metric"]]).isin(list(header))
+    chosen = facts[(facts["dataset"] == dataset) & wanted]
     return _common(chosen).assign(column=[header[k] for k in zip(chosen["protocol"], chosen["metric"])])
 
 
@@ -307,14 +307,14 @@ def _datasets(facts: pd.DataFrame) -> list[str]:
     return sorted(set(facts["dataset"]), key=lambda d: (d != IMAGENET, d))
 
 
-def tables_markdown(facts: pd.DataFrame, metric_kind: str = "final") -> str:
-    """All tables of every dataset as one Markdown text (what ``tables.md`` holds and the CLI prints)."""
+def tables_markdown(facts: pd.DataFrame, metric_kind: str = "final", datasets: Sequence[str] | None = None) -> str:
+    """The tables of ``datasets`` (default: all) as one Markdown text: what ``tables.md`` holds."""
     legend = ("Cells: metrics_" + metric_kind + "; `mean ± std (n)` over seeds; † a run with deviations from "
               "the protocol (listed under the table); [n] a published number and its source. Bold: Table 1 the "
               "best per backbone, Tables 2-4 the best two per column, never in a column of fewer than three.\n")
     sections = [legend]
     for dataset in _datasets(facts):
-        tables = tables_for_dataset(facts, dataset)
+        tables = tables_for_dataset(facts, dataset) if datasets is None or dataset in datasets else []
         if tables:
             sections.append(f"## {dataset_name(dataset)} (`{dataset}`)\n")
             sections += [to_markdown(table) for table in tables]
@@ -389,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = write_tables(facts, args.out, args.metric_kind)
         print(f"wrote {len(written)} files to {args.out} (overview: {written['tables.md']})")
     else:
-        sys.stdout.write(tables_markdown(facts, args.metric_kind))
+        # Printed: the datasets the records measured; the published-only tables are written with --out.
+        sys.stdout.write(tables_markdown(facts, args.metric_kind, set(facts.loc[facts["source"] == "measured", "dataset"])))
     if args.print_table1:
         print("\n".join(to_markdown(table) for table in table1(facts, args.print_table1)))
     return 0

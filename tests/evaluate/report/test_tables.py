@@ -355,6 +355,7 @@ def test_cli_prints_the_same_markdown_wherever_the_study_lies(tmp_path):
     assert outputs[0].stdout == outputs[1].stdout
     assert "**Table 4: ablation of the neighbour positiveness on Fashion-MNIST**" in outputs[0].stdout
     assert str(tmp_path) not in outputs[0].stdout
+    assert "ImageNet-1k" not in outputs[0].stdout  # printed: the datasets the records measured
 
 
 def test_cli_writes_every_format_and_the_leaderboard(tmp_path):
