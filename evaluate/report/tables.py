@@ -271,24 +271,30 @@ def to_markdown(table: Table) -> str:
     return "\n".join(parts) + "\n"
 
 
+_LATEX_SPECIAL = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                                "^": r"\textasciicircum{}"})
+
+
 def _latex_frame(frame: pd.DataFrame, bold: pd.DataFrame | None, keys: int) -> str:
     css = pd.DataFrame("", index=frame.index, columns=frame.columns)
     if bold is not None:
         css[bold.columns] = np.where(bold, "textbf: --rwrap;", "")
     styler = frame.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-    latex = styler.apply(lambda _: css, axis=None).to_latex(
-        hrules=True, column_format="l" * keys + "r" * (frame.shape[1] - keys))
-    return latex.replace(MARK, r"\dag{}").replace("±", r"$\pm$")
+    return styler.apply(lambda _: css, axis=None).to_latex(hrules=True,
+                                                           column_format="l" * keys + "r" * (frame.shape[1] - keys))
 
 
 def to_latex(table: Table) -> str:
-    """booktabs tabulars (the other-protocol block in a second one), bold through the Styler."""
+    """booktabs tabulars, bold through the Styler; the other-protocol block and the notes below."""
     out = render(table)
     parts = [f"% {table.title}", _latex_frame(out.main, out.main_bold, len(table.keys))]
     if not out.other.empty:
-        parts += [f"% {OTHER_BLOCK}", _latex_frame(out.other, None, len(table.keys))]
-    parts += [f"% {note}" for note in out.notes]
-    return "\n".join(parts).replace(MARK, r"\dag{}") + "\n"
+        parts += [rf"\par\smallskip{{\footnotesize {OTHER_BLOCK.translate(_LATEX_SPECIAL)}}}\par\smallskip",
+                  _latex_frame(out.other, None, len(table.keys))]
+    if out.notes:
+        parts += [r"\par\smallskip{\footnotesize", " \\\\\n".join(n.translate(_LATEX_SPECIAL) for n in out.notes) + "}"]
+    return "\n".join(parts).replace(MARK, r"\dag{}").replace("±", r"$\pm$") + "\n"
 
 
 def to_csv(table: Table) -> str:
