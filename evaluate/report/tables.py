@@ -45,6 +45,7 @@ DETECTION_COLUMNS = (("detection", "AP_bbox", "APbb"), ("detection", "AP50_bbox"
                      ("detection", "AP75_bbox", "APbb75"), ("detection", "AP_segm", "APmk"),
                      ("detection", "AP50_segm", "APmk50"), ("detection", "AP75_segm", "APmk75"))
 # Table 4 of the paper reports linear top-1; our small-scale study runs every protocol on each checkpoint.
+# kNN at k=20, the DINO eval_knn.py default.
 ABLATION_COLUMNS = (("linear_fast", "top1", "fast-linear top-1"), ("knn", "knn_top1_k20", "kNN top-1 (k=20)"),
                     ("linear", "top1", "linear top-1"), ("semisup_1pct", "top1", "1% top-1"),
                     ("semisup_10pct", "top1", "10% top-1"))
@@ -218,6 +219,7 @@ def _decimals(values: pd.Series) -> int:
 
 
 def render(table: Table) -> Rendered:
+    """Pivot the cells into rows x columns and write each cell: mean[ ± std (n)][ †mark]."""
     index = ["block", "sort", *table.keys, "reference"]
     cells = table.cells.assign(reference=table.cells["reference"].fillna(""), block=table.cells["block"].fillna(""))
     grid = cells.pivot_table(index=index, columns="column", aggfunc="first", sort=True,
@@ -226,8 +228,8 @@ def render(table: Table) -> Rendered:
         logger.warning("%s: two facts for one cell; the first is shown", table.name)
     means = grid["mean"].reindex(columns=table.columns)
     notes, sources, marks = [], {}, {}
-    for block, text in zip(grid.index.get_level_values("block"), grid.index.get_level_values("reference")):
-        if text:
+    for text in grid.index.get_level_values("reference"):
+        if text:  # published sources are numbered in row order
             sources.setdefault(text, len(sources) + 1)
     texts = pd.DataFrame("", index=means.index, columns=table.columns)
     for column in table.columns:
