@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluate.errors import RecordError
 from evaluate.report.records import PROTOCOL_FAMILIES, SCHEMA, iter_records
 
 logger = logging.getLogger(__name__)
