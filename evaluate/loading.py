@@ -87,9 +87,11 @@ def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
     if isinstance(obj, dict) and obj.get("format") == SNCLR_FORMAT:
         config = obj.get("config", {})
         backbone, dropped = _take_prefix(obj["model"], "backbone.")
-        variant = {k: config[k] for k in ("neighbors", "k", "loss_form") if k in config}
+        variant = {k: config[k] for k in ("neighbors", "k", "loss_form", "positiveness_temperature") if k in config}
         if variant.get("neighbors") == "none":   # Eq. 1: K and the loss form played no part
             variant = {"neighbors": "none"}
+        elif variant.get("neighbors") == "binary":  # binary weights are all 1: tau_w played no part
+            variant.pop("positiveness_temperature", None)
         meta = {"method": config.get("method", "SNCLR"), "pretrain_epochs": obj.get("epoch"),
                 "arch": config.get("backbone"), "image_size": config.get("image_size"), "variant": variant}
         return backbone, "snclr", dropped, meta

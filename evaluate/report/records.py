@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
 import os
 from pathlib import Path
 from collections.abc import Iterator
@@ -99,13 +100,37 @@ def parse_record(data: Any, where: str) -> ResultRecord:
     unknown = sorted(set(data) - known)
     if unknown:
         raise RecordError(f"{where}: unknown field(s) {unknown}")
-    if not isinstance(data["metrics_final"], dict) or not all(
-            isinstance(v, (int, float)) for v in data["metrics_final"].values()):
-        raise RecordError(f"{where}: metrics_final must map metric names to numbers")
+    _check_values(data, where)
     try:
         return ResultRecord(**data)
     except RecordError as error:
         raise RecordError(f"{where}: {error}") from None
+
+
+def _is_number(value: Any) -> bool:
+    # JSON booleans parse as Python bools, which are ints; NaN and Infinity parse as floats.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_values(data: dict[str, Any], where: str) -> None:
+    """Refuse values that would make a table cell lie: NaN, inf, booleans or text where numbers belong."""
+    for field in ("metrics_final", "metrics_best"):
+        metrics = data.get(field, {})
+        if not isinstance(metrics, dict):
+            raise RecordError(f"{where}: {field} must map metric names to numbers, got {type(metrics).__name__}")
+        for name, value in metrics.items():
+            if not _is_number(value):
+                raise RecordError(f"{where}: {field}[{name!r}] is {value!r}; expected a finite number")
+    for field in ("pretrain_epochs", "pretrain_epochs_planned"):
+        value = data.get(field)
+        if value is not None and not (_is_number(value) and isinstance(value, int) and value >= 0):
+            raise RecordError(f"{where}: {field} is {value!r}; expected a non-negative integer or null")
+    if data.get("pretrain_complete") not in (None, True, False):
+        raise RecordError(f"{where}: pretrain_complete is {data['pretrain_complete']!r}; expected true, false or null")
+    try:
+        _dt.datetime.fromisoformat(data.get("created_at") or "2000-01-01")
+    except (TypeError, ValueError):
+        raise RecordError(f"{where}: created_at {data.get('created_at')!r} is not an ISO 8601 time") from None
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[ResultRecord, str]]:

@@ -54,7 +54,7 @@ def test_snclr_checkpoint_from_the_real_model(tmp_path):
     path = tmp_path / "snclr.pth"
     torch.save({"format": "snclr-bench/pretrain/v1", "model": model.state_dict(), "optimizer": {}, "epoch": 7,
                 "config": {"method": "SNCLR", "backbone": "resnet18", "epochs": 7, "neighbors": "binary", "k": 4,
-                           "loss_form": "paper"}}, path)
+                           "loss_form": "paper", "positiveness_temperature": 0.1}}, path)
     loaded = load_backbone_state_dict(path)
     assert (loaded.arch, loaded.source_format) == ("resnet18", "snclr")
     assert_same_backbone(loaded, model.backbone.state_dict())
@@ -63,8 +63,14 @@ def test_snclr_checkpoint_from_the_real_model(tmp_path):
     dropped_prefixes = {k.split(".")[0] for k in loaded.dropped_keys}
     assert dropped_prefixes == {"momentum_backbone", "projector", "momentum_projector", "predictor", "candidate_set"}
 
-    # the Eq. 1 ablation: K and the loss form are not part of what was trained
+    # soft positiveness: its temperature tau_w (Eq. 4) is an ablation knob of Table 4
     state = torch.load(path, weights_only=True)
+    state["config"]["neighbors"] = "soft"
+    torch.save(state, path)
+    assert load_backbone_state_dict(path).meta["variant"] == {"neighbors": "soft", "k": 4, "loss_form": "paper",
+                                                              "positiveness_temperature": 0.1}
+
+    # the Eq. 1 ablation: K and the loss form are not part of what was trained
     state["config"]["neighbors"] = "none"
     torch.save(state, path)
     assert load_backbone_state_dict(path).meta["variant"] == {"neighbors": "none"}
