@@ -327,54 +327,56 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
             use_neighbors = epoch >= config.neighbor_warmup_epochs
             position = first_step
             loader = torch.utils.data.DataLoader(dataset, **loader_kwargs)
-            bar = tqdm(total=steps_per_epoch, initial=first_step, disable=not dist.is_main(),
-                       desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True)
-            for step, ((x1, x2), labels, ids) in enumerate(loader, start=first_step):
-                if step >= steps_per_epoch:
-                    break
-                progress = epoch + step / steps_per_epoch
-                lr = warmup_cosine_lr(progress, peak_lr=peak_lr, warmup_epochs=config.warmup_epochs,
-                                      total_epochs=config.epochs, start_lr=config.warmup_start_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                momentum = momentum_at(progress, base=config.momentum, total_epochs=config.epochs,
-                                       cosine=config.momentum_cosine)
-                x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-                labels, ids = labels.to(device), ids.to(device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    stats = model(x1, x2, ids, labels, momentum, use_neighbors)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(stats.loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                global_step += 1
-                position = step + 1
-                bar.update(1)
-                interval_steps += 1
-                if global_step % config.log_every == 0 or step == steps_per_epoch - 1:
-                    loss = float(dist.all_reduce_mean(stats.loss.detach()))
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}; stopping "
-                                                 f"(the last good checkpoint is {latest})")
-                    row = {"step": global_step, "epoch": round(progress, 4), "loss": round(loss, 5),
-                           "lr": lr, "momentum": momentum, "neighbors_on": int(use_neighbors),
-                           **{k: round(float(getattr(stats, k)), 5) for k in
-                              ("positiveness_max", "positiveness_entropy", "neighbor_agreement", "neighbor_rows")},
-                           "images_per_s": round(interval_steps * config.batch_size / (time.time() - interval_start), 1)}
-                    interval_start, interval_steps = time.time(), 0
-                    metrics.write(row)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
-                if stop.requested():   # a step boundary: the optimizer step, EMA and push are complete
-                    break
-            bar.close()
+            with tqdm(total=steps_per_epoch, initial=first_step, disable=not dist.is_main(),
+                      desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True) as bar:
+                for step, ((x1, x2), labels, ids) in enumerate(loader, start=first_step):
+                    if step >= steps_per_epoch:
+                        break
+                    progress = epoch + step / steps_per_epoch
+                    lr = warmup_cosine_lr(progress, peak_lr=peak_lr, warmup_epochs=config.warmup_epochs,
+                                          total_epochs=config.epochs, start_lr=config.warmup_start_lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    momentum = momentum_at(progress, base=config.momentum, total_epochs=config.epochs,
+                                           cosine=config.momentum_cosine)
+                    x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+                    labels, ids = labels.to(device), ids.to(device)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        stats = model(x1, x2, ids, labels, momentum, use_neighbors)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(stats.loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    global_step += 1
+                    position = step + 1
+                    bar.update(1)
+                    interval_steps += 1
+                    if global_step % config.log_every == 0 or step == steps_per_epoch - 1:
+                        loss = float(dist.all_reduce_mean(stats.loss.detach()))
+                        if not math.isfinite(loss):
+                            raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}; stopping "
+                                                     f"(the last good checkpoint is {latest})")
+                        row = {"step": global_step, "epoch": round(progress, 4), "loss": round(loss, 5),
+                               "lr": lr, "momentum": momentum, "neighbors_on": int(use_neighbors),
+                               **{k: round(float(getattr(stats, k)), 5) for k in
+                                  ("positiveness_max", "positiveness_entropy", "neighbor_agreement", "neighbor_rows")},
+                               "images_per_s": round(interval_steps * config.batch_size / (time.time() - interval_start), 1)}
+                        interval_start, interval_steps = time.time(), 0
+                        metrics.write(row)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
+                    if stop.requested():   # a step boundary: the optimizer step, EMA and push are complete
+                        break
             skip_steps = 0
             if position < steps_per_epoch:
                 save(epoch, position)
                 return stopped(epoch, position)
             last = epoch + 1 == config.epochs
-            if last or (epoch + 1) % config.save_every == 0 or stop.stopping:
+            saved = last or (epoch + 1) % config.save_every == 0
+            if saved:
                 save(epoch + 1, 0, final=last)
-            if stop.stopping and not last:
+            if not last and stop.requested():   # asked during the last step or the save itself
+                if not saved:
+                    save(epoch + 1, 0)
                 return stopped(epoch + 1, 0)
     finally:
         stop.uninstall()
