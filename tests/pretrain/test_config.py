@@ -9,8 +9,9 @@ def test_paper_recipes_resolve_with_their_settings():
             "fmnist_resnet18_cpu"} <= set(recipe_names())
     r50 = resolve("resnet50_800ep", {})
     assert (r50.epochs, r50.optimizer, r50.base_lr, r50.warmup_epochs, r50.k) == (800, "lars", 0.3, 10.0, 30)
-    assert (r50.candidate_set_size, r50.dim, r50.temperature) == (128_000, 256, 0.2)
+    assert (r50.candidate_set_size, r50.dim, r50.temperature) == (128_000, 256, 1.0)   # MoCo v3's ResNet-50 T
     vit = resolve("vit_small_300ep", {})
+    assert (vit.temperature, vit.momentum, vit.momentum_cosine) == (0.2, 0.99, False)  # paper: fixed 0.99
     assert (vit.backbone, vit.optimizer, vit.base_lr, vit.weight_decay, vit.warmup_epochs) == \
         ("vit_small", "adamw", 1.5e-4, 0.1, 40.0)
 
