@@ -8,6 +8,7 @@ the uninterrupted run would have, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
 import random
@@ -287,9 +288,12 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
     def save(epoch: int, step_in_epoch: int, final: bool = False) -> None:
         rng = [ckpt.rng_state()]
         if world > 1:   # every rank reaches a save at the same step boundary, so gathering is safe
+            # As bytes: all_gather_object cannot unpickle tensors inside objects in this torch.
+            buffer = io.BytesIO()
+            torch.save(rng[0], buffer)
             gathered = [None] * world
-            torch.distributed.all_gather_object(gathered, rng[0])
-            rng = gathered
+            torch.distributed.all_gather_object(gathered, buffer.getvalue())
+            rng = [torch.load(io.BytesIO(blob), weights_only=True) for blob in gathered]
         if not dist.is_main():
             return
         model_state, optimizer_state = snclr.state_dict(), optimizer.state_dict()
