@@ -23,6 +23,7 @@ from pathlib import Path
 import submitit
 
 from pretrain.__main__ import build_parser, main
+from pretrain.checkpoint import LATEST
 from pretrain.config import ConfigError, resolve
 from pretrain.train import STOP_SIGNALS, StopRequest, local_batch_size
 
@@ -58,8 +59,24 @@ class Trainer:
             handler(PREEMPT_SIGNAL, None)
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        """What submitit requeues: the same command; it resumes from OUTPUT_DIR/checkpoint.pth."""
-        return submitit.helpers.DelayedSubmission(Trainer(self.argv))
+        """What submitit requeues: the same command, resuming from OUTPUT_DIR/checkpoint.pth. Once
+        that file exists, a ``--resume FILE`` is dropped: it would restart from FILE every time."""
+        return submitit.helpers.DelayedSubmission(Trainer(self.requeue_argv()))
+
+    def requeue_argv(self) -> list[str]:
+        args = build_parser().parse_args(self.argv)
+        output_dir = Path(args.output_dir or resolve(args.recipe, {}).output_dir)
+        if args.resume is None or not (output_dir / LATEST).is_file():
+            return list(self.argv)
+        argv, skip = [], False
+        for arg in self.argv:
+            if skip:
+                skip = False
+            elif arg == "--resume":
+                skip = True
+            elif not arg.startswith("--resume="):
+                argv.append(arg)
+        return argv
 
 
 def build_submit_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -125,8 +126,9 @@ class StopRequest:
         self._group = None
 
     def install(self) -> None:
-        for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is threading.main_thread():   # Python allows handlers only there
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
         if dist.is_distributed():
             self._group = torch.distributed.new_group(backend="gloo")
 

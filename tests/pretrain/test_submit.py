@@ -54,3 +54,13 @@ def test_preempted_local_job_requeues_and_resumes_exactly(image_tree, tmp_path, 
     assert "stopped by SIGUSR2 at epoch 0 step" in job.stdout() and "Requeued job" in job.stdout(), job.stdout()
     assert "resumed from" in job.stderr(), job.stderr()
     assert_same_training_state(out / "checkpoint.pth", tmp_path / "straight" / "checkpoint.pth")
+
+
+def test_requeued_job_resumes_from_the_output_dir_not_from_resume_file(tmp_path):
+    """A requeue that kept ``--resume FILE`` would restart from FILE each time and lose the work since."""
+    from pretrain.submit import Trainer
+    argv = ["--recipe", "fmnist_resnet18_cpu", "--output-dir", str(tmp_path), "--resume", "old.pth", "--k", "4"]
+    assert Trainer(argv).checkpoint().function.argv == argv          # nothing saved here yet: keep FILE
+    (tmp_path / "checkpoint.pth").write_bytes(b"saved by the stopped job")
+    assert Trainer(argv).checkpoint().function.argv == ["--recipe", "fmnist_resnet18_cpu", "--output-dir",
+                                                        str(tmp_path), "--k", "4"]

@@ -42,6 +42,7 @@ def test_outputs_and_checkpoint_contents(two_epoch_run):
     state = torch.load(out / "checkpoint.pth", weights_only=True)
     assert state["format"] == FORMAT and state["epoch"] == 2 and state["global_step"] == 4
     assert {"optimizer", "scaler", "rng", "config", "code_version"} <= set(state)
+    assert state["epochs_history"] == [2]
     assert state["model"]["candidate_set.features"].shape == (64, 16)
     assert int(state["model"]["candidate_set.filled"]) == 4 * 16  # one push of the batch per step
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
