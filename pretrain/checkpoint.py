@@ -64,3 +64,54 @@ def load_pretrain_checkpoint(path: str | os.PathLike, expect: dict | None = None
             raise CheckpointError(f"{path}: was trained with {key}={state['config'].get(key)!r} but this run "
                                   f"has {key}={value!r}; use another --output-dir or matching flags")
     return state
+
+
+# Config keys a resume may change: where things are and how fast or verbosely they run. Every other
+# key changes the result (the trained weights, or what the checkpoint claims to be), so a resume
+# with another value is refused rather than silently relabelling the run.
+RESUME_FREE_KEYS = frozenset({"data_dir", "output_dir", "device", "workers", "log_every", "save_every"})
+
+
+def check_resume_identity(path: str | os.PathLike, saved: dict, current: dict, defaults: dict,
+                          extend_schedule: bool = False) -> None:
+    """Refuse to resume the run in ``path`` (whose config was ``saved``) under a config that would
+    change its result; ``epochs`` may only grow, and only with ``extend_schedule``. Keys an older
+    checkpoint lacks compare with their ``defaults``."""
+    changed = []
+    for key, value in current.items():
+        if key in RESUME_FREE_KEYS:
+            continue
+        old = saved.get(key, defaults.get(key))
+        if old == value or (key == "epochs" and extend_schedule and value > old):
+            continue
+        changed.append(f"{key} {old!r} -> {value!r}")
+    if changed:
+        hint = ("--epochs may only grow, and only with --extend-schedule"
+                if any(c.startswith("epochs ") for c in changed) else "")
+        raise CheckpointError(f"{path}: resuming would change the run's result ({', '.join(changed)}); "
+                              f"{hint + '; ' if hint else ''}use the checkpoint's values or another --output-dir")
+
+
+class NonFiniteError(FloatingPointError):
+    """A tensor about to be saved holds NaN or inf; the message names it."""
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first non-finite floating tensor of ``tensors``.
+
+    One reduction and one host sync for the whole set; names are looked up only on failure."""
+    floats = {name: t for name, t in tensors.items() if torch.is_tensor(t) and t.is_floating_point()}
+    if not floats:
+        return
+    flags = torch.stack([torch.isfinite(t).all() for t in floats.values()])
+    if bool(flags.all()):
+        return
+    bad = [name for name, ok in zip(floats, flags.tolist()) if not ok]
+    raise NonFiniteError(f"{where}: {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]}); refusing to "
+                         "save, the previous checkpoint is kept")
+
+
+def optimizer_tensors(state: dict) -> dict[str, torch.Tensor]:
+    """The tensors of an optimizer ``state_dict()`` by a readable name (``state.<param>.<key>``)."""
+    return {f"optimizer.state.{index}.{key}": value for index, entry in state["state"].items()
+            for key, value in entry.items() if torch.is_tensor(value)}

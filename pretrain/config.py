@@ -72,11 +72,30 @@ class PretrainConfig:
             (self.amp in ("auto", "bf16", "fp16", "off"), "amp", "auto, bf16, fp16 or off"),
             (self.k >= 0, "k", "a non-negative integer"),
             (self.k <= self.candidate_set_size, "k", f"at most candidate_set_size ({self.candidate_set_size})"),
-            (self.batch_size > 0 and self.epochs > 0, "batch_size/epochs", "positive integers"),
+            (self.epochs > 0, "epochs", "a positive integer"),
+            (self.batch_size > 0, "batch_size", "a positive integer"),
+            (self.image_size > 0, "image_size", "a positive integer (pixels)"),
+            (self.train_limit is None or self.train_limit > 0, "train_limit",
+             "a positive number of images, or none for the whole training set"),
+            (self.max_steps_per_epoch is None or self.max_steps_per_epoch > 0, "max_steps_per_epoch",
+             "a positive integer, or none"),
+            (self.workers >= 0, "workers", "a non-negative integer (0 loads data in the main process)"),
+            (self.save_every > 0, "save_every", "a positive number of epochs"),
+            (self.log_every > 0, "log_every", "a positive number of steps"),
+            (self.candidate_set_size > 0, "candidate_set_size", "a positive integer"),
+            (self.dim > 0 and self.proj_hidden_dim > 0, "dim" if self.dim <= 0 else "proj_hidden_dim",
+             "a positive integer"),
+            (self.base_lr > 0, "base_lr", "a positive number"),
+            (self.temperature > 0, "temperature", "a positive number"),
+            (self.positiveness_temperature > 0, "positiveness_temperature", "a positive number"),
+            (self.warmup_epochs >= 0, "warmup_epochs", "a non-negative number of epochs"),
+            (self.neighbor_warmup_epochs >= 0, "neighbor_warmup_epochs", "a non-negative number of epochs"),
+            (0 < self.min_scale <= 1, "min_scale", "a crop scale in (0, 1]"),
+            (0 <= self.momentum <= 1, "momentum", "an EMA coefficient in [0, 1]"),
         ]
         for ok, key, expected in checks:
             if not ok:
-                raise ConfigError(f"{key}={getattr(self, key.split('/')[0])!r}: expected {expected}")
+                raise ConfigError(f"{key}={getattr(self, key)!r}: expected {expected}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

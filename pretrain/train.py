@@ -1,9 +1,19 @@
-"""The SNCLR pre-training loop: data, model, LARS/AdamW, AMP, DDP, logging, atomic checkpoints, resume."""
+"""The SNCLR pre-training loop: data, model, LARS/AdamW, AMP, DDP, logging, atomic checkpoints, resume.
+
+A run stops the way clusters stop jobs: SIGTERM or SIGINT sets a flag, and the loop saves at the next
+step boundary (after the optimizer step, before the next batch) and returns. Each sample's
+augmentations are seeded from (seed, epoch, index), so a run resumed mid-epoch sees exactly the views
+the uninterrupted run would have, whatever the number of DataLoader workers.
+"""
 from __future__ import annotations
 
+import dataclasses
+import io
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -13,8 +23,9 @@ from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist
-from pretrain.config import ConfigError, PretrainConfig, dump
-from pretrain.data import TwoViews, build_dataset
+from pretrain.config import FIELDS, ConfigError, PretrainConfig, dump
+from pretrain.data import DataError, TwoViews, build_dataset
+from pretrain.fileio import OutputDirError, RunLock, check_free_space, remove_stale_temp_files
 from pretrain.model import SNCLR
 from pretrain.metrics_log import MetricsLog
 from pretrain.provenance import code_version
@@ -22,8 +33,7 @@ from pretrain.optim import build_optimizer, momentum_at, warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
-# Keys that fix the shapes in a checkpoint: resuming with another value would fail or mislead.
-SHAPE_KEYS = ("backbone", "image_size", "proj_hidden_dim", "dim", "candidate_set_size", "optimizer")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)   # SIGTERM: what SLURM and Kubernetes send before a kill
 
 
 class EpochSampler(torch.utils.data.DistributedSampler):
@@ -61,29 +71,191 @@ def autocast_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype 
     return torch.float16 if config.amp == "fp16" else torch.bfloat16
 
 
-def train(config: PretrainConfig, resume: str | None = None) -> Path:
-    """Pre-train SNCLR with ``config``; returns the path of the final checkpoint."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample in one epoch: a hash of (seed, epoch, index).
+
+    Tying the views to the sample, not to a worker's stream position, is what makes a mid-epoch
+    resume exact: skipping the first batches, or another worker count, changes no sample's views.
+    Ranks see disjoint indices, so they get different views without a rank term."""
+    return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1, np.uint64)[0])
+
+
+def _sample_path(dataset: torch.utils.data.Dataset, index: int) -> str:
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    return samples[index][0] if samples else f"sample {index} of {type(dataset).__name__}"
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a dataset whose transforms draw from torch's generator (torchvision's random transforms
+    and :class:`pretrain.data.PILGaussianBlur` do) and seeds that generator per sample with
+    :func:`sample_seed`; the caller's generator is left untouched. An unreadable image becomes a
+    one-line :class:`DataError` naming its file."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch   # read by workers created after this call (a new DataLoader per epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            try:
+                return self.dataset[index]
+            except OSError as error:   # PIL's UnidentifiedImageError and truncated files are OSErrors
+                raise DataError(f"{_sample_path(self.dataset, index)}: cannot read image "
+                                f"({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
+
+
+class StopRequest:
+    """A flag set by stop signals; checked by the loop at step boundaries.
+
+    The handler only records the signal, so a signal that arrives mid-step or mid-save interrupts
+    neither. A second signal while a stop is pending raises KeyboardInterrupt: the user insists.
+    Under DDP every rank must stop at the same step, so :meth:`requested` takes the maximum over
+    ranks on a gloo group of its own (CPU only: no GPU sync)."""
+
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
+        self.signals, self.received, self.stopping = tuple(signals), None, False
+        self._previous: dict[int, object] = {}
+        self._group = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():   # Python allows handlers only there
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        if dist.is_distributed():
+            self._group = torch.distributed.new_group(backend="gloo")
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without saving")
+        self.received = signal.Signals(signum).name
+        log.warning("%s received: saving at the end of this step, then stopping", self.received)
+
+    def requested(self) -> bool:
+        """Whether any rank received a stop signal (collective under DDP: call it on every rank)."""
+        flag = self.received is not None
+        if self._group is not None:
+            tensor = torch.tensor([int(flag)])
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX, group=self._group)
+            flag = bool(tensor.item())
+        self.stopping = self.stopping or flag
+        return self.stopping
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` ends with: the final checkpoint, or where a stopped run can resume."""
+    checkpoint: Path
+    finished: bool
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    stop_signal: str | None = None
+
+
+def _shared_check(check, world: int) -> None:
+    """Run ``check`` on rank 0 and raise its OutputDirError on every rank, so no rank waits forever
+    in a collective for a rank that already gave up."""
+    message = None
+    if dist.is_main():
+        try:
+            check()
+        except OutputDirError as error:
+            message = str(error)
+    if world > 1:
+        box = [message]
+        torch.distributed.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message is not None:
+        raise OutputDirError(message)
+
+
+def _checkpoint_bytes(model: torch.nn.Module, optimizer_name: str) -> int:
+    """An upper estimate of one checkpoint: the model's tensors plus the optimizer's per-parameter
+    state (one momentum buffer for LARS/SGD, two moments for AdamW)."""
+    tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return tensors + params * (2 if optimizer_name == "adamw" else 1)
+
+
+def train(config: PretrainConfig, resume: str | None = None, *, extend_schedule: bool = False,
+          stop: StopRequest | None = None) -> TrainResult:
+    """Pre-train SNCLR with ``config``.
+
+    Every check (config, data, checkpoint identity, output folder) runs before anything is written.
+    ``extend_schedule`` lets a resumed run grow ``epochs`` (recorded in the checkpoint's
+    ``epochs_history``). ``stop`` chooses the signals that stop the run at a step boundary
+    (SIGTERM and SIGINT by default); a stopped run returns ``finished=False``."""
     device = dist.init_distributed(config.device)
     world, rank = dist.world_size(), dist.rank()
     local_batch = local_batch_size(config.batch_size, world)
     out_dir = Path(config.output_dir)
     latest = out_dir / ckpt.LATEST
-    expect = {key: getattr(config, key) for key in SHAPE_KEYS}
-    state = None
-    if resume or latest.exists():   # validate before anything is written: a bad file loses nothing
-        state = ckpt.load_pretrain_checkpoint(resume or latest, expect)
-    if dist.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump(config, out_dir / "config.yaml")
 
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)
     torch.manual_seed(config.seed)   # same init on every rank (DDP also broadcasts it)
 
-    dataset = build_dataset(config.dataset, config.data_dir, "train",
-                            TwoViews(config.image_size, config.min_scale), config.train_limit)
+    dataset = SeededSamples(build_dataset(config.dataset, config.data_dir, "train",
+                                          TwoViews(config.image_size, config.min_scale), config.train_limit),
+                            config.seed)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the {len(dataset)} training images")
+    state = None
+    epochs_history = [config.epochs]
+    if resume or latest.exists():   # validate before anything is written: a bad file loses nothing
+        source = resume or latest
+        state = ckpt.load_pretrain_checkpoint(source)
+        ckpt.check_resume_identity(source, state["config"], config.to_dict(),
+                                   {name: field.default for name, field in FIELDS.items()}, extend_schedule)
+        epochs_history = [int(e) for e in state.get("epochs_history", [state["config"]["epochs"]])]
+        if config.epochs != epochs_history[-1]:
+            log.warning("schedule extended from %d to %d epochs (recorded in the checkpoint)",
+                        epochs_history[-1], config.epochs)
+            epochs_history.append(config.epochs)
+
+    model = model_from_config(config)
+    lock = RunLock(out_dir)
+
+    def prepare_output_dir() -> None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputDirError(f"{out_dir}: cannot create the output folder ({error.strerror})") from None
+        lock.acquire()
+        # The latest checkpoint, its temporary copy while saving, and the final file.
+        check_free_space(out_dir, 3 * _checkpoint_bytes(model, config.optimizer), "saving checkpoints")
+        for path in remove_stale_temp_files(out_dir):
+            log.warning("removed %s, left by a save that was killed", path)
+
+    _shared_check(prepare_output_dir, world)
+    try:
+        if dist.is_main():
+            dump(config, out_dir / "config.yaml")
+        return _train(config, state, resume or latest, model, dataset, device, world, rank, local_batch,
+                      epochs_history, stop or StopRequest())
+    finally:
+        lock.release()
+
+
+def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCLR, dataset: SeededSamples,
+           device: torch.device, world: int, rank: int, local_batch: int, epochs_history: list[int],
+           stop: StopRequest) -> TrainResult:
+    out_dir = Path(config.output_dir)
+    latest = out_dir / ckpt.LATEST
+    final_name = f"snclr_{config.backbone}_ep{config.epochs}.pth"
     sampler = EpochSampler(dataset, world, rank, config.seed)
     loader_kwargs = dict(batch_size=local_batch, sampler=sampler, num_workers=config.workers, drop_last=True,
                          pin_memory=device.type == "cuda", persistent_workers=False)
@@ -91,7 +263,6 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
 
-    model = model_from_config(config)
     if world > 1:
         model = dist.convert_sync_batchnorm(model, device)
     model = model.to(device)
@@ -111,88 +282,111 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
         scaler.load_state_dict(state["scaler"])
         start_epoch, skip_steps, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         ckpt.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
-        log.info("resumed from %s at epoch %d step %d", resume or latest, start_epoch, skip_steps)
+        log.info("resumed from %s at epoch %d step %d", source, start_epoch, skip_steps)
 
     metrics = MetricsLog(out_dir, "metrics", step_key="step", tb_dir="tensorboard", tag_prefix="pretrain/", csv=True)
     metrics.truncate_after(global_step)
 
-    def save(epoch: int, step_in_epoch: int, final_name: str | None = None, gather: bool = True) -> Path:
+    def save(epoch: int, step_in_epoch: int, final: bool = False) -> None:
         rng = [ckpt.rng_state()]
-        if world > 1 and gather:
+        if world > 1:   # every rank reaches a save at the same step boundary, so gathering is safe
+            # As bytes: all_gather_object cannot unpickle tensors inside objects in this torch.
+            buffer = io.BytesIO()
+            torch.save(rng[0], buffer)
             gathered = [None] * world
-            torch.distributed.all_gather_object(gathered, rng[0])
-            rng = gathered
+            torch.distributed.all_gather_object(gathered, buffer.getvalue())
+            rng = [torch.load(io.BytesIO(blob), weights_only=True) for blob in gathered]
         if not dist.is_main():
-            return latest
-        payload = {"format": ckpt.FORMAT, "model": snclr.state_dict(), "optimizer": optimizer.state_dict(),
+            return
+        model_state, optimizer_state = snclr.state_dict(), optimizer.state_dict()
+        ckpt.check_finite({**model_state, **ckpt.optimizer_tensors(optimizer_state)},
+                          f"epoch {epoch} step {step_in_epoch}")
+        payload = {"format": ckpt.FORMAT, "model": model_state, "optimizer": optimizer_state,
                    "scaler": scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
                    "global_step": global_step, "config": config.to_dict(), "rng": rng,
-                   "code_version": code_version(), "world_size": world}
-        ckpt.save_atomic(payload, latest)
-        if final_name:
-            ckpt.save_atomic(payload, out_dir / final_name)
-        return latest
+                   "epochs_history": epochs_history, "code_version": code_version(), "world_size": world}
+        try:
+            ckpt.save_atomic(payload, latest)
+            if final:
+                ckpt.save_atomic(payload, out_dir / final_name)
+        except OSError as error:
+            raise OutputDirError(f"{out_dir}: cannot write the checkpoint ({error.strerror or error}); "
+                                 f"the previous {latest.name} is kept") from None
 
-    epoch, position = start_epoch, skip_steps
+    def stopped(epoch: int, step_in_epoch: int) -> TrainResult:
+        log.warning("stopped by %s at epoch %d step %d; resume by rerunning the same command",
+                    stop.received or "a signal on another rank", epoch, step_in_epoch)
+        return TrainResult(latest, False, epoch, step_in_epoch, global_step, stop.received or "remote")
+
     started = interval_start = time.time()
     interval_steps = 0
+    stop.install()
     try:
+        if start_epoch >= config.epochs and not (out_dir / final_name).exists():
+            # Killed between writing checkpoint.pth and the final file: write the final file now.
+            save(config.epochs, 0, final=True)
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
-            sampler.skip = skip_steps * local_batch if epoch == start_epoch else 0
+            dataset.set_epoch(epoch)
+            first_step = skip_steps if epoch == start_epoch else 0
+            sampler.skip = first_step * local_batch
             use_neighbors = epoch >= config.neighbor_warmup_epochs
-            first_step = position = skip_steps if epoch == start_epoch else 0
+            position = first_step
             loader = torch.utils.data.DataLoader(dataset, **loader_kwargs)
-            bar = tqdm(total=steps_per_epoch, initial=first_step, disable=not dist.is_main(),
-                       desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True)
-            for step, ((x1, x2), labels, ids) in enumerate(loader, start=first_step):
-                if step >= steps_per_epoch:
-                    break
-                progress = epoch + step / steps_per_epoch
-                lr = warmup_cosine_lr(progress, peak_lr=peak_lr, warmup_epochs=config.warmup_epochs,
-                                      total_epochs=config.epochs, start_lr=config.warmup_start_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                momentum = momentum_at(progress, base=config.momentum, total_epochs=config.epochs,
-                                       cosine=config.momentum_cosine)
-                x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-                labels, ids = labels.to(device), ids.to(device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    stats = model(x1, x2, ids, labels, momentum, use_neighbors)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(stats.loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                global_step += 1
-                position = step + 1
-                bar.update(1)
-                interval_steps += 1
-                if global_step % config.log_every == 0 or step == steps_per_epoch - 1:
-                    loss = float(dist.all_reduce_mean(stats.loss.detach()))
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}; stopping")
-                    row = {"step": global_step, "epoch": round(progress, 4), "loss": round(loss, 5),
-                           "lr": lr, "momentum": momentum, "neighbors_on": int(use_neighbors),
-                           **{k: round(float(getattr(stats, k)), 5) for k in
-                              ("positiveness_max", "positiveness_entropy", "neighbor_agreement", "neighbor_rows")},
-                           "images_per_s": round(interval_steps * config.batch_size / (time.time() - interval_start), 1)}
-                    interval_start, interval_steps = time.time(), 0
-                    metrics.write(row)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
-            bar.close()
+            with tqdm(total=steps_per_epoch, initial=first_step, disable=not dist.is_main(),
+                      desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True) as bar:
+                for step, ((x1, x2), labels, ids) in enumerate(loader, start=first_step):
+                    if step >= steps_per_epoch:
+                        break
+                    progress = epoch + step / steps_per_epoch
+                    lr = warmup_cosine_lr(progress, peak_lr=peak_lr, warmup_epochs=config.warmup_epochs,
+                                          total_epochs=config.epochs, start_lr=config.warmup_start_lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    momentum = momentum_at(progress, base=config.momentum, total_epochs=config.epochs,
+                                           cosine=config.momentum_cosine)
+                    x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+                    labels, ids = labels.to(device), ids.to(device)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        stats = model(x1, x2, ids, labels, momentum, use_neighbors)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(stats.loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    global_step += 1
+                    position = step + 1
+                    bar.update(1)
+                    interval_steps += 1
+                    if global_step % config.log_every == 0 or step == steps_per_epoch - 1:
+                        loss = float(dist.all_reduce_mean(stats.loss.detach()))
+                        if not math.isfinite(loss):
+                            raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}; stopping "
+                                                     f"(the last good checkpoint is {latest})")
+                        row = {"step": global_step, "epoch": round(progress, 4), "loss": round(loss, 5),
+                               "lr": lr, "momentum": momentum, "neighbors_on": int(use_neighbors),
+                               **{k: round(float(getattr(stats, k)), 5) for k in
+                                  ("positiveness_max", "positiveness_entropy", "neighbor_agreement", "neighbor_rows")},
+                               "images_per_s": round(interval_steps * config.batch_size / (time.time() - interval_start), 1)}
+                        interval_start, interval_steps = time.time(), 0
+                        metrics.write(row)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
+                    if stop.requested():   # a step boundary: the optimizer step, EMA and push are complete
+                        break
             skip_steps = 0
+            if position < steps_per_epoch:
+                save(epoch, position)
+                return stopped(epoch, position)
             last = epoch + 1 == config.epochs
-            if last or (epoch + 1) % config.save_every == 0:
-                save(epoch + 1, 0, final_name=f"snclr_{config.backbone}_ep{epoch + 1}.pth" if last else None)
-    except KeyboardInterrupt:
-        # Ctrl-C: keep the work done; resuming continues from this exact step.
-        # Under DDP the ranks may be stopped inside different collectives, so nothing is gathered:
-        # rank 0 writes its own state and every rank resumes from rank 0's RNG.
-        log.warning("interrupted at epoch %d step %d; saving a resumable checkpoint", epoch, position)
-        save(epoch, position, gather=False)
-        raise
+            saved = last or (epoch + 1) % config.save_every == 0
+            if saved:
+                save(epoch + 1, 0, final=last)
+            if not last and stop.requested():   # asked during the last step or the save itself
+                if not saved:
+                    save(epoch + 1, 0)
+                return stopped(epoch + 1, 0)
     finally:
+        stop.uninstall()
         metrics.close()
     dist.barrier()
     log.info("finished %d epochs in %.1f s; checkpoint %s", config.epochs, time.time() - started, latest)
-    return out_dir / f"snclr_{config.backbone}_ep{config.epochs}.pth"
+    return TrainResult(out_dir / final_name, True, config.epochs, 0, global_step)

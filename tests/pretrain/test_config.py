@@ -9,8 +9,9 @@ def test_paper_recipes_resolve_with_their_settings():
             "fmnist_resnet18_cpu"} <= set(recipe_names())
     r50 = resolve("resnet50_800ep", {})
     assert (r50.epochs, r50.optimizer, r50.base_lr, r50.warmup_epochs, r50.k) == (800, "lars", 0.3, 10.0, 30)
-    assert (r50.candidate_set_size, r50.dim, r50.temperature) == (128_000, 256, 0.2)
+    assert (r50.candidate_set_size, r50.dim, r50.temperature) == (128_000, 256, 1.0)   # MoCo v3's ResNet-50 T
     vit = resolve("vit_small_300ep", {})
+    assert (vit.temperature, vit.momentum, vit.momentum_cosine) == (0.2, 0.99, False)  # paper: fixed 0.99
     assert (vit.backbone, vit.optimizer, vit.base_lr, vit.weight_decay, vit.warmup_epochs) == \
         ("vit_small", "adamw", 1.5e-4, 0.1, 40.0)
 
@@ -58,3 +59,23 @@ def test_cli_flags_parse_none_only_for_optional_fields():
     assert config.neighbors == "none"          # the Eq. 1 ablation, not "flag not given"
     assert config.train_limit is None          # the recipe's 12,000 is lifted
     assert config.k == 7 and config.epochs == 8
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"save_every": 0}, "save_every=0: expected a positive number of epochs"),
+    ({"log_every": 0}, "log_every=0: expected a positive number of steps"),
+    ({"workers": -1}, "workers=-1: expected a non-negative integer"),
+    ({"image_size": 0}, "image_size=0: expected a positive integer"),
+    ({"train_limit": -5}, "train_limit=-5: expected a positive number of images"),
+    ({"epochs": 0}, "epochs=0: expected a positive integer"),
+    ({"batch_size": 0}, "batch_size=0: expected a positive integer"),
+    ({"max_steps_per_epoch": 0}, "max_steps_per_epoch=0: expected a positive integer"),
+    ({"temperature": 0.0}, "temperature=0.0: expected a positive number"),
+    ({"min_scale": 1.5}, "min_scale=1.5: expected a crop scale in"),
+    ({"momentum": 1.5}, "momentum=1.5: expected an EMA coefficient in"),
+    ({"dim": 0}, "dim=0: expected a positive integer"),
+])
+def test_out_of_range_values_name_the_key(override, message):
+    """Fails on the previous code: none of these were checked, and a bad epochs reported the batch size."""
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        resolve("fmnist_resnet18_cpu", override)
