@@ -55,6 +55,8 @@ def _step(name: str, done: Path, action) -> None:
     started = time.time()
     print(f"\n=== {name} ===", flush=True)
     action()
+    if not done.exists():   # a pre-training stopped by SIGTERM/SIGINT exits 0 without its final file
+        raise SystemExit(f"error: {name} stopped before writing {done}; rerun the demo to resume it")
     print(f"=== {name}: {time.time() - started:.0f} s ===", flush=True)
 
 
