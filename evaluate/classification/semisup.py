@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head-lr", type=float, default=None, help="linear head lr (default from the preset)")
     parser.add_argument("--min-scale", type=float, default=None, help="RandomResizedCrop min scale (0.08)")
     args = parser.parse_args(argv)
-    with cli_common.run_context(args, "semisup") as run:
+    with cli_common.run_context(args, "semisup", argv) as run:
         settings, deviations = resolve_settings(args.preset, args.percent, run.dataset_key, args)
         if settings.epochs < 1 or settings.batch_size < 1:
             raise cli_common.EvalError("--epochs and --batch-size must be >= 1")

@@ -20,7 +20,8 @@ def counting(backbone: torch.nn.Module) -> list[int]:
 
 
 def key(**overrides) -> FeatureKey:
-    fields = dict(weights_sha256="ab" * 32, arch="tiny", transform="identity", dataset="blobs:train:n=37")
+    fields = dict(weights_sha256="ab" * 32, arch="tiny", transform="identity", dataset="blobs:train:n=37",
+                  versions="code=abc torch=2")
     return FeatureKey(**{**fields, **overrides})
 
 
