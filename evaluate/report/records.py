@@ -99,13 +99,14 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def working_tree_version() -> str:
-    """Git commit of this checkout, "+dirty" when any file differs from it, untracked ones included.
+def working_tree_version(root: str | os.PathLike | None = None) -> str:
+    """Git commit of the checkout at ``root`` (default: this one), "+dirty" when any file differs from
+    it, untracked ones included.
 
     An untracked module can change a result as much as an edited one, so unlike the pre-training
     checkpoints' ``code_version`` nothing but .gitignore'd files is left out.
     """
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True, timeout=10).stdout.strip()
