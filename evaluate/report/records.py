@@ -25,7 +25,7 @@ from evaluate.errors import RecordError
 SCHEMA = "snclr-bench/result/v1"
 
 # Protocol families. A record's ``protocol`` is one of these; ``protocol_id`` spells out the exact
-# settings (mmselfsup-style, e.g. "linear_sgd-cos-90e-b4096-lr0.1").
+# settings (mmselfsup-style, e.g. "linear_sgd-cos-90e-b1024-lr0.1").
 PROTOCOL_FAMILIES = (
     "linear",         # standard linear probe (MoCo v3 main_lincls.py)
     "linear_fast",    # linear head on cached features: a labelled deviation from the protocol
