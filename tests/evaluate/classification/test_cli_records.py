@@ -132,9 +132,10 @@ def snclr_checkpoint(path, *, epoch: int, planned: int, step_in_epoch: int = 0):
 
 
 @pytest.mark.parametrize("epoch,planned,step,complete", [(100, 100, 0, True), (100, 800, 0, False),
-                                                         (3, 10, 7, False), (10, 10, 0, True)])
+                                                         (3, 10, 7, False), (10, 10, 7, False), (10, 10, 0, True)])
 def test_pretrain_schedule_of_our_checkpoints(tmp_path, epoch, planned, step, complete):
-    """A 100-epoch snapshot of an 800-epoch run, or a mid-epoch (interrupt) save, is not a finished run."""
+    """A 100-epoch snapshot of an 800-epoch run, or a mid-epoch (interrupt) save, is not a finished run;
+    a step position marks an interrupted epoch whatever the epoch counts say."""
     meta = load_backbone_state_dict(snclr_checkpoint(tmp_path / "c.pth", epoch=epoch, planned=planned,
                                                      step_in_epoch=step)).meta
     assert (meta["pretrain_epochs"], meta["pretrain_epochs_planned"], meta["pretrain_complete"]) == \
