@@ -82,6 +82,20 @@ def _take_prefix(state: dict, prefix: str) -> tuple[dict, list[str]]:
     return kept, dropped
 
 
+def pretrain_schedule(obj: dict) -> dict:
+    """Planned epochs, whether they all ran, and the pre-training code version of one of our checkpoints.
+
+    A checkpoint written on interrupt holds the epochs finished plus a step position inside the next
+    one (``step_in_epoch`` > 0); a periodic one can stop short of ``config["epochs"]``. Either is a
+    snapshot of a longer schedule, not a finished run of its own length.
+    """
+    planned = obj.get("config", {}).get("epochs")
+    epoch, step = obj.get("epoch"), obj.get("step_in_epoch", 0)
+    complete = None if planned is None or epoch is None else bool(epoch >= planned and not step)
+    return {"pretrain_epochs_planned": planned, "pretrain_complete": complete,
+            "pretrain_step_in_epoch": step, "pretrain_code_version": obj.get("code_version")}
+
+
 def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
     """Detect the format of a loaded checkpoint; return (backbone dict, format, dropped keys, meta)."""
     if isinstance(obj, dict) and obj.get("format") == SNCLR_FORMAT:
@@ -93,7 +107,8 @@ def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
         elif variant.get("neighbors") == "binary":  # binary weights are all 1: tau_w played no part
             variant.pop("positiveness_temperature", None)
         meta = {"method": config.get("method", "SNCLR"), "pretrain_epochs": obj.get("epoch"),
-                "arch": config.get("backbone"), "image_size": config.get("image_size"), "variant": variant}
+                "arch": config.get("backbone"), "image_size": config.get("image_size"), "variant": variant,
+                **pretrain_schedule(obj)}
         return backbone, "snclr", dropped, meta
     if isinstance(obj, dict) and ("teacher" in obj or "student" in obj):
         key = "teacher" if "teacher" in obj else "student"

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset, Subset
+from torchvision import transforms
 
 from evaluate.loading import BackboneLoadError, LoadedBackbone, build_loaded_backbone
 from evaluate.classification.features import FeatureKey, cached_features, transform_description
-from evaluate.report.records import RecordError, ResultRecord, write_record
+from evaluate.report.records import RecordError, ResultRecord, run_provenance, write_record
 from evaluate.classification.run_io import ResumeError
 from pretrain.backbones import BACKBONES, build_backbone, is_vit
 from pretrain.data import (DataError, build_dataset, dataset_targets, eval_transform, linear_train_transform,
@@ -35,6 +37,11 @@ from evaluate.errors import EvalError, ProtocolCheckError, SubsetFileError, Trai
 log = logging.getLogger(__name__)
 
 RANDOM_INIT = "random"
+RAW_PIXELS = "identity"
+# DINO eval_knn.py resizes with Resize(256, interpolation=3), i.e. bicubic; MoCo v3 main_lincls.py
+# (linear probe, semisup validation) with torchvision's default, bilinear.
+INTERPOLATIONS = {"bilinear": transforms.InterpolationMode.BILINEAR,
+                  "bicubic": transforms.InterpolationMode.BICUBIC}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +78,10 @@ def resolve_overrides(paper: Any, small_scale: dict[str, Any], flags: dict[str, 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone and data")
     group.add_argument("--checkpoint", required=True,
-                       help="checkpoint to evaluate (ours, MoCo v1/v2/v3, DINO, solo-learn, torchvision, timm), or "
-                            f"'{RANDOM_INIT}' for a randomly initialised backbone (needs --arch; method 'random-init')")
+                       help="checkpoint to evaluate (ours, MoCo v1/v2/v3, DINO, solo-learn, torchvision, timm), "
+                            f"'{RANDOM_INIT}' for a randomly initialised backbone (needs --arch; method 'random-init'), "
+                            f"or '{RAW_PIXELS}' for the raw-pixel baseline (features = the flattened normalised "
+                            "image, C x H x W values; method 'raw-pixels')")
     group.add_argument("--arch", choices=BACKBONES, default=None,
                        help="expected backbone; detected from the checkpoint when omitted")
     group.add_argument("--method", default=None,
@@ -117,10 +126,22 @@ class TransformedView(Dataset):
         return len(self.base)
 
     def __getitem__(self, index: int):
-        image, label, _ = self.base[index]
+        try:
+            image, label, _ = self.base[index]
+        except (OSError, SyntaxError) as error:  # PIL: UnidentifiedImageError, truncated file, "broken PNG"
+            raise DataError(f"{_sample_path(self.base, index)}: unreadable image "
+                            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
         if self.label_map is not None:
             label = self.label_map[label]
         return self.transform(image), label, index
+
+
+def _sample_path(dataset: Dataset, index: int) -> str:
+    """The file behind ``dataset[index]`` (through any Subsets), or the data set and position."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples else f"{type(dataset).__name__} image {index}"
 
 
 def _classes(dataset: Dataset) -> list[str]:
@@ -156,6 +177,23 @@ def random_init_backbone(arch: str | None, image_size: int, seed: int) -> tuple[
     return model, dim, loaded
 
 
+class RawPixels(nn.Module):
+    """The normalised image itself, flattened: the baseline any learned representation has to beat."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)
+
+
+def raw_pixel_backbone(arch: str | None, image_size: int) -> tuple[nn.Module, int, LoadedBackbone]:
+    """The parameter-free raw-pixel "backbone": C x H x W features of the evaluation crop."""
+    if arch is not None:
+        raise EvalError(f"--checkpoint {RAW_PIXELS} has no architecture; drop --arch {arch}")
+    loaded = LoadedBackbone(state_dict={}, arch="raw-pixels", source_format="raw-pixels",
+                            sha256=hashlib.sha256(b"raw-pixels").hexdigest(), path=RAW_PIXELS,
+                            image_size=image_size, meta={"method": "raw-pixels", "pretrain_epochs": 0})
+    return RawPixels(), 3 * image_size * image_size, loaded
+
+
 @dataclasses.dataclass
 class RunContext:
     args: argparse.Namespace
@@ -174,6 +212,7 @@ class RunContext:
     num_classes: int
     dataset_name: str
     started: float
+    provenance: dict[str, Any]
 
     @property
     def arch(self) -> str:
@@ -192,29 +231,40 @@ class RunContext:
         return f"{self.args.dataset}:{Path(root).resolve()}:{split}:limit={limit}:n={size}"
 
     def identity(self) -> dict[str, Any]:
-        """What a resume state must match: weights, data and input resolution."""
+        """What a resume state must match: weights, data, input resolution and every run flag that
+        changes the result (seed, validation cadence); the protocol settings are added by the caller."""
         return {"checkpoint_sha256": self.loaded.sha256, "train_data": self._identity("train"),
-                "val_data": self._identity("val"), **dataclasses.asdict(self.data)}
+                "val_data": self._identity("val"), **dataclasses.asdict(self.data), "seed": self.args.seed,
+                "eval_every": self.args.eval_every}
 
-    def eval_transform(self):
-        return eval_transform(self.data.image_size, self.data.crop_ratio)
+    def eval_transform(self, interpolation: str = "bilinear"):
+        transform = eval_transform(self.data.image_size, self.data.crop_ratio)
+        resize = transform.transforms[0]
+        transform.transforms[0] = transforms.Resize(resize.size, interpolation=INTERPOLATIONS[interpolation])
+        return transform
 
-    def train_set(self, augment: bool = True, min_scale: float = 0.08, base: Dataset | None = None) -> Dataset:
-        transform = linear_train_transform(self.data.image_size, min_scale) if augment else self.eval_transform()
+    def train_set(self, augment: bool = True, min_scale: float = 0.08, base: Dataset | None = None,
+                  interpolation: str = "bilinear") -> Dataset:
+        transform = (linear_train_transform(self.data.image_size, min_scale) if augment
+                     else self.eval_transform(interpolation))
         return TransformedView(self.train_base if base is None else base, transform)
 
-    def val_set(self) -> Dataset:
-        return TransformedView(self.val_base, self.eval_transform(), self.val_label_map)
+    def val_set(self, interpolation: str = "bilinear") -> Dataset:
+        return TransformedView(self.val_base, self.eval_transform(interpolation), self.val_label_map)
 
-    def features(self, split: str, crop: int = -1, min_scale: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, split: str, crop: int = -1, min_scale: float = 0.08,
+                 interpolation: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
         """Cached features of ``split``: the eval transform, or the ``crop``-th augmented crop (crop >= 0)."""
         if split == "train":
-            dataset = self.train_set(augment=crop >= 0, min_scale=min_scale)
+            dataset = self.train_set(augment=crop >= 0, min_scale=min_scale, interpolation=interpolation)
         else:
-            dataset = self.val_set()
+            dataset = self.val_set(interpolation)
+        libraries = self.provenance["libraries"]
+        versions = " ".join([f"code={self.provenance['code_version']}",
+                             *(f"{name}={libraries[name]}" for name in ("torch", "torchvision", "timm"))])
         key = FeatureKey(weights_sha256=self.loaded.sha256, arch=self.arch,
                          transform=transform_description(dataset.transform), dataset=self._identity(split),
-                         crop=crop, seed=self.args.seed)
+                         versions=versions, crop=crop, seed=self.args.seed)
         return cached_features(self.backbone, dataset, key, self.cache_dir, device=self.device,
                                batch_size=max(1, self.args.eval_batch_size // world_size()),
                                num_workers=self.args.num_workers)
@@ -226,16 +276,24 @@ class RunContext:
             return
         meta = self.loaded.meta
         method = self.args.method or meta.get("method") or "unknown"
+        limits = [f"{flag}: {value} class-balanced images (protocol: the whole {split} set)"
+                  for flag, value, split in (("--limit-train", self.args.limit_train, "training"),
+                                             ("--limit-val", self.args.limit_val, "validation"))
+                  if value is not None]
+        provenance = {**self.provenance, "pretrain_code_version": meta.get("pretrain_code_version")}
         full_settings = {**settings, **dataclasses.asdict(self.data), "world_size": world_size(),
                          "limit_train": self.args.limit_train, "limit_val": self.args.limit_val,
                          "num_classes": self.num_classes, "source_format": self.loaded.source_format,
                          "train_size": len(self.train_base), "val_size": len(self.val_base)}
         record = ResultRecord(method=method, backbone=self.arch, dataset=self.dataset_name, protocol=protocol,
                               protocol_id=protocol_id, metrics_final=metrics_final, metrics_best=metrics_best,
-                              pretrain_epochs=meta.get("pretrain_epochs"), checkpoint_path=self.loaded.path,
+                              pretrain_epochs=meta.get("pretrain_epochs"),
+                              pretrain_epochs_planned=meta.get("pretrain_epochs_planned"),
+                              pretrain_complete=meta.get("pretrain_complete"), checkpoint_path=self.loaded.path,
                               checkpoint_sha256=self.loaded.sha256, settings=full_settings,
                               variant=dict(meta.get("variant") or {}),
-                              deviations=[*self.data_deviations, *deviations], seed=self.args.seed,
+                              deviations=[*self.data_deviations, *limits, *deviations], seed=self.args.seed,
+                              provenance=provenance, code_version=self.provenance["code_version"],
                               wall_time_s=round(time.time() - self.started, 2))
         path = write_record(self.out_dir / "results.jsonl", record)
         values = ", ".join(f"{k} {v:.2f}" for k, v in metrics_final.items())
@@ -243,7 +301,9 @@ class RunContext:
         print(f"{method} {self.arch} on {self.dataset_name}, {protocol_id}: {values}{best} -> {path}")
 
 
-def _build_context(args: argparse.Namespace, name: str, started: float) -> RunContext:
+def _build_context(args: argparse.Namespace, name: str, started: float, argv: list[str]) -> RunContext:
+    provenance = {**run_provenance([f"python -m evaluate {name}", *argv]),
+                  "resolved_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     device = init_distributed(args.device)
     for flag in ("limit_train", "limit_val", "image_size", "eval_every"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -254,6 +314,8 @@ def _build_context(args: argparse.Namespace, name: str, started: float) -> RunCo
                                               {"image_size": args.image_size, "crop_ratio": args.crop_ratio})
     if args.checkpoint == RANDOM_INIT:
         backbone, dim, loaded = random_init_backbone(args.arch, data.image_size, args.seed)
+    elif args.checkpoint == RAW_PIXELS:
+        backbone, dim, loaded = raw_pixel_backbone(args.arch, data.image_size)
     else:
         backbone, dim, loaded = build_loaded_backbone(args.checkpoint, args.arch)
         if is_vit(loaded.arch) and loaded.image_size != data.image_size:
@@ -276,21 +338,44 @@ def _build_context(args: argparse.Namespace, name: str, started: float) -> RunCo
     return RunContext(args=args, name=name, device=device, out_dir=out_dir, cache_dir=cache_dir,
                       backbone=backbone.to(device), feature_dim=dim, loaded=loaded, data=data,
                       data_deviations=data_deviations, train_base=train_base, val_base=val_base,
-                      val_label_map=label_map, num_classes=num_classes, dataset_name=dataset_name, started=started)
+                      val_label_map=label_map, num_classes=num_classes, dataset_name=dataset_name, started=started,
+                      provenance=provenance)
 
 
 # Errors that mean "bad input" and leave as one line; anything else is a bug and keeps its traceback.
 _INPUT_ERRORS = (EvalError, BackboneLoadError, DataError, RecordError, ResumeError)
 
 
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` as one line naming the file or flag.
+
+    An error raised in a DataLoader worker comes back wrapped ("Caught DataError in DataLoader worker
+    process 0. Original Traceback ..."); its own message is the last line of the wrapped text. An
+    OSError names its file in ``filename``, which ``str()`` leaves out when the OS gave no text.
+    """
+    text = str(error).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix, _, message = last.partition(": ")
+        text = message if message and prefix.replace(".", "").replace("_", "").isalnum() else last
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @contextlib.contextmanager
-def run_context(args: argparse.Namespace, name: str) -> Iterator[RunContext]:
-    """Set up logging, DDP, backbone and data; turn bad input into ``SystemExit("error: ...")``."""
+def run_context(args: argparse.Namespace, name: str, argv: list[str] | None = None) -> Iterator[RunContext]:
+    """Set up logging, DDP, backbone and data; turn bad input into ``SystemExit("error: ...")``.
+
+    Environment failures (an unwritable or full out-dir, an unreadable image) end the same way: one
+    line naming the path, a non-zero exit. ``argv`` is recorded in the result's provenance.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.time()
     try:
-        yield _build_context(args, name, started)
-    except (*_INPUT_ERRORS, ProtocolCheckError, SubsetFileError, TrainingSettingsError) as error:
-        raise SystemExit(f"error: {str(error).splitlines()[0]}") from None
+        yield _build_context(args, name, started, list(sys.argv[1:] if argv is None else argv))
+    except (*_INPUT_ERRORS, ProtocolCheckError, SubsetFileError, TrainingSettingsError, OSError) as error:
+        raise SystemExit(f"error: {one_line(error)}") from None
     finally:
         cleanup()

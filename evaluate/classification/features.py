@@ -2,9 +2,11 @@
 
 The kNN monitor and the fast linear probe both work on features extracted once. A cache entry is
 keyed by the weights (the checkpoint's sha256), the exact transform (its ``repr``, which spells out
-every parameter), the data set's identity and, for augmented crops, the crop number and seed; the
-key is stored inside the file and compared on load, so a hash collision or a stale file can never
-hand back features of another model or transform.
+every parameter), the data set's identity, the code and library versions (a new torchvision resize
+or a fixed backbone changes the features without changing any of the rest) and, for augmented
+crops, the crop number and seed; the key is stored inside the file and compared on load, so a hash
+collision or a stale file can never hand back features of another model or transform. A cache file
+that cannot be read at all stops the run with its path rather than being silently overwritten.
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from evaluate.classification.metrics import collective_device
+from evaluate.errors import EvalError
 from pretrain.checkpoint import save_atomic
 from pretrain.distributed import barrier, is_distributed, is_main, rank, world_size
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "snclr-bench/features/v1"
+CACHE_FORMAT = "snclr-bench/features/v2"  # v2: the key holds the code and library versions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,7 @@ class FeatureKey:
     arch: str
     transform: str        # repr() of the torchvision transform
     dataset: str          # e.g. "fashion-mnist:/usr/share/datasets/fashion-mnist:train:limit=None:n=60000"
+    versions: str         # e.g. "code=2c68d4312345 torch=2.14.1 torchvision=0.29.1 timm=1.0.31"
     crop: int = -1        # -1: deterministic transform; i >= 0: the i-th cached augmented crop
     seed: int = 0
 
@@ -124,7 +128,14 @@ def cached_features(backbone: nn.Module, dataset: Dataset, key: FeatureKey, cach
     """Features of ``dataset`` from ``cache_dir`` if present for ``key``, else extracted and stored."""
     path = Path(cache_dir) / f"{key.digest()[:32]}.pt"
     if _everyone_has(path):
-        stored = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+            raise EvalError(f"{path}: corrupt feature cache ({type(error).__name__}); delete the file and "
+                            "run again to recompute it") from None
+        if not isinstance(stored, dict):
+            raise EvalError(f"{path}: corrupt feature cache (a {type(stored).__name__}, not a dict); delete the "
+                            "file and run again to recompute it")
         if stored.get("format") == CACHE_FORMAT and stored.get("key") == dataclasses.asdict(key) \
                 and len(stored["labels"]) == len(dataset):
             log.info("features from cache %s", path)

@@ -3,7 +3,7 @@
 Standard protocol (MoCo v3, Chen et al., 2021, ``main_lincls.py``; SNCLR paper Sec. 4.2): the
 backbone is frozen and kept in eval mode, one linear layer (weights N(0, 0.01), bias 0) is trained
 with SGD (momentum 0.9, weight decay 0) on RandomResizedCrop(224) + flip, lr = base x batch / 256
-with base 0.1 (ResNet) or 3 (ViT), batch 4096, half-cosine decay over 90 epochs; validation uses
+with base 0.1 (ResNet) or 3 (ViT), batch 1024, half-cosine decay over 90 epochs; validation uses
 Resize(256) + CenterCrop(224). MoCo's two checks guard it: after loading only the classifier is
 missing, and after training no backbone tensor (BN running statistics included) has changed.
 
@@ -37,7 +37,8 @@ class LinearSettings:
     """Linear-probe settings; defaults are MoCo v3 ``main_lincls.py`` for ResNet (ViT: base_lr 3)."""
 
     epochs: int = 90
-    batch_size: int = 4096          # global, over all ranks
+    # MoCo v3 main_lincls.py defaults to a global batch of 1024 (its README's commands use it too).
+    batch_size: int = 1024          # global, over all ranks
     base_lr: float = 0.1            # lr = base_lr * batch_size / 256
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -204,7 +205,7 @@ def linear_probe_fast(train_features: torch.Tensor, train_labels: torch.Tensor, 
 
 def _add_linear_arguments(parser: argparse.ArgumentParser, fast: bool) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (paper: 90)")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size over all ranks (paper: 4096)")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size over all ranks (paper: 1024)")
     parser.add_argument("--base-lr", type=float, default=None,
                         help="lr per 256 images; lr = base-lr x batch / 256 (paper: 0.1 ResNet, 3 ViT)")
     parser.add_argument("--min-scale", type=float, default=None, help="RandomResizedCrop min scale (paper: 0.08)")
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None, fast: bool = False) -> None:
     cli_common.add_common_arguments(parser)
     _add_linear_arguments(parser, fast)
     args = parser.parse_args(argv)
-    with cli_common.run_context(args, name) as run:
+    with cli_common.run_context(args, name, argv) as run:
         settings, deviations = resolve_settings(run.arch, run.dataset_key, args)
         if settings.epochs < 1 or settings.batch_size < 1 or (fast and settings.crops < 0):
             raise cli_common.EvalError("--epochs and --batch-size must be >= 1 and --crops >= 0")

@@ -2,9 +2,11 @@
 
 Label subsets. On ImageNet the subsets are SimCLR's lists (google-research/simclr,
 ``imagenet_subsets/1percent.txt`` and ``10percent.txt``): one bare training file name per line,
-``<wnid>_<id>.JPEG``, the class being the part before the first underscore. The user supplies the
-file; it is checked against its known line count and sha256 and against the ImageFolder tree
-(every file present, all 1,000 classes covered). For other data sets a deterministic,
+``<wnid>_<id>.JPEG``, the class being the part before the first underscore. Both ship with the
+project (``evaluate/classification/subsets/``, Apache-2.0) and are used unless ``--subset-file``
+names another copy; either way the list is checked against its known line count and sha256 (of
+the text with CRLF made LF and a final newline added) and against the ImageFolder tree (every
+file present, all 1,000 classes covered). For other data sets a deterministic,
 class-balanced, seeded subset is generated and saved in the same one-name-per-line format:
 
 - ImageFolder trees: the file's base name when it already starts with ``<class>_`` (as ImageNet's
@@ -18,11 +20,18 @@ Presets (both 20 epochs, SGD momentum 0.9, weight decay 0, batch 256, new linear
   0.02 / 5 with 1% labels and 0.01 / 0.2 with 10%, decayed x0.2 at epochs 12 and 16;
 - ``barlow`` (Barlow Twins, Zbontar et al., 2021, ``evaluate.py --weights finetune``): trunk 0.002,
   head 0.5, cosine decay.
+
+Both presets share one implementation, which departs from each reference in one point that the
+record lists as a deviation: the head is initialised N(0, 0.01), bias 0 (Barlow Twins), where SwAV
+keeps PyTorch's default ``nn.Linear`` init; and under DDP BN is synchronised over ranks (SwAV's
+``convert_sync_batchnorm``), where Barlow Twins keeps per-GPU BN.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -35,10 +44,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from evaluate.classification.metrics import classification_ks, evaluate_classifier
-from pretrain.provenance import file_sha256
 from evaluate.classification.training import ShardedBatchSampler, cosine_lr, fit, step_lr
 from evaluate.classification.linear import LinearClassifier, new_linear_head, sharded_eval_loader
-from pretrain.distributed import barrier, convert_sync_batchnorm, is_distributed, is_main, wrap_ddp
+from pretrain.distributed import barrier, convert_sync_batchnorm, is_distributed, is_main, world_size, wrap_ddp
 from pretrain.fileio import atomic_write_text
 from evaluate.classification import cli_common
 from evaluate.errors import SubsetFileError
@@ -51,6 +59,12 @@ SIMCLR_SUBSETS = {
     10: (128116, "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
 }
 IMAGENET_CLASSES = 1000
+SHIPPED_SUBSETS = Path(__file__).resolve().parent / "subsets"
+
+
+def shipped_subset(percent: int) -> Path:
+    """The project's copy of SimCLR's ``<percent>percent.txt`` (gzipped; see subsets/README.md)."""
+    return SHIPPED_SUBSETS / f"{percent}percent.txt.gz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +132,36 @@ def class_of(name: str) -> str:
     return name.split("_", 1)[0]
 
 
-def read_subset_file(path: str | os.PathLike) -> list[str]:
-    """Names listed in ``path``, one per line (blank lines ignored); each must look like ``<class>_<rest>``."""
+def subset_text(path: str | os.PathLike) -> str:
+    """The text of a list file (gunzipped if it ends in .gz), CRLF made LF, with a final newline.
+
+    Normalised so that a list saved with Windows line ends, or without a last newline, reads and
+    hashes as the same list.
+    """
     path = Path(path)
     if not path.is_file():
         raise SubsetFileError(f"subset file {path} does not exist")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, EOFError) as error:
+        raise SubsetFileError(f"{path}: not a readable gzip file ({error})") from None
+    except UnicodeDecodeError as error:
+        raise SubsetFileError(f"{path}: not UTF-8 text (byte {error.start}: {raw[error.start:error.start + 1]!r}); "
+                              "expected one '<class>_<id>' name per line") from None
+    text = text.replace("\r\n", "\n")
+    return text if text.endswith("\n") or not text else text + "\n"
+
+
+def subset_sha256(path: str | os.PathLike) -> str:
+    """sha256 of the normalised list text (:func:`subset_text`)."""
+    return hashlib.sha256(subset_text(path).encode("utf-8")).hexdigest()
+
+
+def read_subset_file(path: str | os.PathLike) -> list[str]:
+    """Names listed in ``path``, one per line (blank lines ignored); each must look like ``<class>_<rest>``."""
+    path = Path(path)
+    names = [line.strip() for line in subset_text(path).splitlines() if line.strip()]
     if not names:
         raise SubsetFileError(f"{path}: empty; expected one '<class>_<id>' name per line")
     bad = [n for n in names if "_" not in n or "/" in n or n.startswith("_")]
@@ -142,7 +180,7 @@ def check_simclr_subset(path: str | os.PathLike, names: list[str], percent: int)
     if len(names) != lines or classes != IMAGENET_CLASSES:
         raise SubsetFileError(f"{path}: {len(names)} lines / {classes} classes, but SimCLR's {percent}percent.txt "
                               f"has {lines} lines / {IMAGENET_CLASSES} classes")
-    actual = file_sha256(path)
+    actual = subset_sha256(path)
     if actual != sha256:
         raise SubsetFileError(f"{path}: sha256 {actual[:16]}... is not that of SimCLR's {percent}percent.txt "
                               f"({sha256[:16]}...); use the unmodified list")
@@ -225,10 +263,13 @@ def label_subset(dataset: Dataset, percent: int, *, subset_file: str | os.PathLi
                  seed: int, generated_path: Path) -> tuple[np.ndarray, str]:
     """Positions of the labelled subset in ``dataset`` and the list file they came from.
 
-    ImageNet needs SimCLR's list; other data sets use ``subset_file`` when given, else a generated
-    list written to ``generated_path`` (rank 0) so the run can be repeated from it.
+    ImageNet uses SimCLR's list, the shipped copy unless ``subset_file`` names another; other data
+    sets use ``subset_file`` when given, else a generated list written to ``generated_path`` (rank 0)
+    so the run can be repeated from it.
     """
     num_classes = len(np.unique(_targets(dataset)))
+    if subset_file is None and imagenet:
+        subset_file = shipped_subset(percent)
     if subset_file is not None:
         names = read_subset_file(subset_file)
         if imagenet:
@@ -238,9 +279,6 @@ def label_subset(dataset: Dataset, percent: int, *, subset_file: str | os.PathLi
         if classes != num_classes:
             raise SubsetFileError(f"{subset_file}: covers {classes} classes, but the training set has {num_classes}")
         return indices, str(subset_file)
-    if imagenet:
-        raise SubsetFileError(f"ImageNet needs SimCLR's {percent}percent.txt: pass --subset-file (it is not "
-                              "downloaded; google-research/simclr imagenet_subsets/)")
     indices = generate_subset(_targets(dataset), percent, seed)
     if is_main():
         write_subset_file(generated_path, subset_names(dataset, indices))
@@ -284,6 +322,16 @@ def fine_tune(backbone: nn.Module, feature_dim: int, train_set: Dataset, val_set
                resume=resume, tensorboard=tensorboard, train_mode=classifier.train, eval_every=eval_every)
 
 
+def implementation_deviations(preset: str, world: int) -> list[str]:
+    """Where the shared fine-tuning code departs from ``preset``'s reference script (module docstring)."""
+    deviations = []
+    if preset == "swav":
+        deviations.append("head init: N(0, 0.01), bias 0 (SwAV eval_semisup.py: PyTorch's default nn.Linear init)")
+    if preset == "barlow" and world > 1:
+        deviations.append(f"BN synchronised over the {world} ranks (Barlow Twins evaluate.py: per-GPU BN)")
+    return deviations
+
+
 def resolve_settings(preset: str, percent: int, dataset: str,
                      args: argparse.Namespace) -> tuple[FineTuneSettings, list[str]]:
 
@@ -297,12 +345,14 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m evaluate semisup",
         description="Semi-supervised evaluation (paper Table 2): fine-tune the whole network with a new linear "
                     "head on 1%% or 10%% of the training labels; writes one semisup_1pct / semisup_10pct record. "
-                    "ImageNet needs SimCLR's list (--subset-file); other data sets get a generated, seeded, "
-                    "class-balanced list saved in OUT_DIR.")
+                    "ImageNet uses SimCLR's lists, shipped with the project; other data sets get a generated, "
+                    "seeded, class-balanced list saved in OUT_DIR.")
     cli_common.add_common_arguments(parser)
     parser.add_argument("--percent", type=int, choices=(1, 10), required=True, help="labelled fraction in percent")
     parser.add_argument("--subset-file", default=None,
-                        help="list of labelled images, one '<class>_<id>' name per line (SimCLR format)")
+                        help="list of labelled images, one '<class>_<id>' name per line (SimCLR format; .gz read "
+                             "too). Default: ImageNet uses SimCLR's 1percent/10percent list shipped in "
+                             "evaluate/classification/subsets/, other data sets a generated, seeded list")
     parser.add_argument("--preset", choices=PRESETS, default="swav",
                         help="swav (default: step decay, trunk/head lr 0.02/5 at 1%%, 0.01/0.2 at 10%%) or barlow "
                              "(cosine, 0.002/0.5)")
@@ -312,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head-lr", type=float, default=None, help="linear head lr (default from the preset)")
     parser.add_argument("--min-scale", type=float, default=None, help="RandomResizedCrop min scale (0.08)")
     args = parser.parse_args(argv)
-    with cli_common.run_context(args, "semisup") as run:
+    with cli_common.run_context(args, "semisup", argv) as run:
         settings, deviations = resolve_settings(args.preset, args.percent, run.dataset_key, args)
         if settings.epochs < 1 or settings.batch_size < 1:
             raise cli_common.EvalError("--epochs and --batch-size must be >= 1")
@@ -322,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
                                           imagenet=run.dataset_name == "imagenet-1k", seed=args.seed,
                                           generated_path=generated)
         labelled = run.train_set(augment=True, min_scale=settings.min_scale, base=Subset(run.train_base, indices))
-        identity = {**run.identity(), "subset_sha256": file_sha256(list_file)}
+        identity = {**run.identity(), "subset_sha256": subset_sha256(list_file)}
+        deviations = [*deviations, *implementation_deviations(settings.preset, world_size())]
         result = fine_tune(run.backbone, run.feature_dim, labelled, run.val_set(), num_classes=run.num_classes,
                            settings=settings, device=run.device, out_dir=run.out_dir,
                            name=f"semisup_{args.percent}pct", num_workers=args.num_workers,

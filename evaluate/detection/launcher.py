@@ -15,7 +15,9 @@ what the SSL-transfer protocol needs on top:
 - SyncBN needs several processes: with a world size of 1 the launcher switches backbone and FPN to
   plain BN, warns, and writes the switch into the record's ``deviations``;
 - every setting that differs from the Table 3 recipe (MoCo / mmselfsup ``coco_R_50_FPN_1x``) is listed
-  in ``deviations``, so a smoke or short run can never pass for a protocol result;
+  in ``deviations``, so a smoke or short run can never pass for a protocol result. Settings are
+  compared and recorded *after* detectron2's ``REFERENCE_WORLD_SIZE`` auto-scaling, i.e. as trained,
+  and ``--eval-only`` is a deviation naming the iteration evaluated;
 - evaluation runs once, after training (and after precise BN), with COCOEvaluator using the
   official pycocotools COCOeval; AP, AP50, AP75 for bbox and segm go into the record.
 """
@@ -27,6 +29,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,7 +38,7 @@ from typing import Any
 from evaluate.detection.convert import (DETECTRON2_RESNETS, SIDECAR_FORMAT, ConversionError, check_bottom_up,
                                             read_detectron2_weights, sidecar_path_for)
 from evaluate.detection.d2_compat import Detectron2Unavailable, import_detectron2
-from evaluate.report.records import ResultRecord, write_record
+from evaluate.report.records import ResultRecord, run_provenance, write_record
 from pretrain.provenance import file_sha256
 from pretrain.fileio import atomic_write_text
 from evaluate.errors import DetectionError
@@ -63,6 +66,19 @@ PROTOCOL = {
     "SOLVER.STEPS": (60000, 80000),
     "SOLVER.MAX_ITER": 90000,
     "TEST.PRECISE_BN.ENABLED": True,
+    "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+    # torchvision's ImageNet mean / std x 255 in RGB: what every SSL pre-training fed the backbone.
+    "MODEL.PIXEL_MEAN": (123.675, 116.28, 103.53),
+    "MODEL.PIXEL_STD": (58.395, 57.12, 57.375),
+    # detectron2 defaults, kept by mask_rcnn_R_50_FPN_1x.yaml.
+    "INPUT.MAX_SIZE_TRAIN": 1333,
+    "INPUT.MAX_SIZE_TEST": 1333,
+    "SOLVER.WEIGHT_DECAY": 0.0001,
+    "SOLVER.AMP.ENABLED": False,
+    "DATASETS.TRAIN": ("coco_2017_train",),
+    "DATASETS.TEST": ("coco_2017_val",),
+    "DATASETS.PROPOSAL_FILES_TRAIN": (),
+    "DATASETS.PROPOSAL_FILES_TEST": (),
 }
 _SPLITS = {"train": ("annotations/instances_train2017.json", "train2017"),
            "val": ("annotations/instances_val2017.json", "val2017")}
@@ -86,6 +102,7 @@ class DetectionRun:
     machine_rank: int = 0
     dist_url: str = "auto"
     seed: int = 0
+    argv: list[str] = dataclasses.field(default_factory=list)  # the command line, for the record's provenance
 
     @property
     def world_size(self) -> int:
@@ -108,6 +125,38 @@ def protocol_deviations(cfg: Any) -> list[str]:
     """Every Table 3 recipe setting that ``cfg`` changes, as "KEY=value (protocol: value)"."""
     return [f"{key}={_get(cfg, key)!r} (protocol: {expected!r})" for key, expected in PROTOCOL.items()
             if not _same(_get(cfg, key), expected)]
+
+
+def auto_scale(cfg: Any, world_size: int) -> tuple[Any, list[str]]:
+    """Apply detectron2's ``REFERENCE_WORLD_SIZE`` auto-scaling now, as DefaultTrainer would at start.
+
+    With a reference world size set and another one running, detectron2 rescales batch, lr, schedule
+    and warm-up; the record must describe what was trained, so the scaled config is the one compared
+    and recorded (DefaultTrainer then finds it already scaled and leaves it). Returns the config and
+    the deviation naming the scaling (none when ``REFERENCE_WORLD_SIZE`` is 0, the protocol's value).
+    """
+    from detectron2.engine import DefaultTrainer
+
+    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if reference == 0:
+        return cfg, []
+    scaled = DefaultTrainer.auto_scale_workers(cfg, world_size)
+    effect = (f"detectron2 scaled IMS_PER_BATCH, BASE_LR, MAX_ITER, STEPS and WARMUP_ITERS by {world_size}/{reference}"
+              if reference != world_size else "no scaling at this world size")
+    return scaled, [f"SOLVER.REFERENCE_WORLD_SIZE={reference} (protocol: 0): {effect}; the recorded settings are "
+                    "the scaled ones"]
+
+
+def eval_only_deviation(checkpoint: dict[str, Any], source: str) -> str:
+    """The deviation of an ``--eval-only`` run: no training here, and which iteration was evaluated.
+
+    detectron2's checkpoints store the last finished iteration (0-based) under ``iteration``; the
+    converted ``--weights`` have none, so their detection heads are untrained.
+    """
+    iteration = checkpoint.get("iteration")
+    if iteration is None:
+        return f"--eval-only: evaluated {source} without training (detection heads untrained, iteration 0)"
+    return f"--eval-only: no training in this run; evaluated {source} at iteration {int(iteration) + 1}"
 
 
 def replace_syncbn_for_single_process(cfg: Any, world_size: int) -> bool:
@@ -181,7 +230,8 @@ def build_config(run: DetectionRun, sidecar: dict[str, Any]) -> tuple[Any, list[
     if replaced:
         deviations.append("SyncBN replaced by BN in backbone and FPN: world size 1 (one process, no batch "
                           "statistics to synchronise)")
-    deviations += protocol_deviations(cfg)
+    cfg, scaling = auto_scale(cfg, run.world_size)
+    deviations += scaling + protocol_deviations(cfg)
     cfg.freeze()
     return cfg, deviations, replaced
 
@@ -238,8 +288,14 @@ def _settings(cfg: Any, run: DetectionRun, sidecar: dict[str, Any], replaced: bo
         "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "base_lr": cfg.SOLVER.BASE_LR,
         "steps": list(cfg.SOLVER.STEPS),
+        "warmup_iters": cfg.SOLVER.WARMUP_ITERS,
+        "weight_decay": cfg.SOLVER.WEIGHT_DECAY,
+        "amp": cfg.SOLVER.AMP.ENABLED,
+        "reference_world_size": cfg.SOLVER.REFERENCE_WORLD_SIZE,
         "min_size_train": list(cfg.INPUT.MIN_SIZE_TRAIN),
+        "max_size_train": cfg.INPUT.MAX_SIZE_TRAIN,
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+        "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
         "precise_bn": cfg.TEST.PRECISE_BN.ENABLED,
         "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
         "pixel_std": list(cfg.MODEL.PIXEL_STD),
@@ -261,8 +317,10 @@ def protocol_id(cfg: Any) -> str:
 
 
 def build_record(cfg: Any, run: DetectionRun, sidecar: dict[str, Any], metrics: dict[str, float],
-                 deviations: list[str], replaced: bool, resolved_config: Path, wall_time_s: float) -> ResultRecord:
+                 deviations: list[str], replaced: bool, resolved_config: Path, wall_time_s: float,
+                 provenance: dict[str, Any] | None = None) -> ResultRecord:
     """The result record of one run; source checkpoint facts come from the conversion sidecar."""
+    provenance = provenance or run_provenance()
     meta = sidecar.get("meta", {})
     method = run.method or meta.get("method")
     if not method:
@@ -273,10 +331,13 @@ def build_record(cfg: Any, run: DetectionRun, sidecar: dict[str, Any], metrics: 
     return ResultRecord(
         method=method, backbone=arch, dataset=run.dataset, protocol="detection", protocol_id=protocol_id(cfg),
         metrics_final=metrics, pretrain_epochs=meta.get("pretrain_epochs"),
+        pretrain_epochs_planned=meta.get("pretrain_epochs_planned"), pretrain_complete=meta.get("pretrain_complete"),
         checkpoint_path=sidecar.get("source_path", str(run.weights)),
         checkpoint_sha256=sidecar.get("source_sha256") or file_sha256(run.weights),
         settings=_settings(cfg, run, sidecar, replaced, resolved_config), variant=dict(meta.get("variant") or {}),
-        deviations=deviations, seed=run.seed, wall_time_s=round(wall_time_s, 1))
+        deviations=deviations, seed=run.seed, wall_time_s=round(wall_time_s, 1),
+        provenance={**provenance, "pretrain_code_version": meta.get("pretrain_code_version")},
+        code_version=provenance["code_version"])
 
 
 def _write_resolved_config(cfg: Any, output_dir: Path) -> Path:
@@ -332,6 +393,7 @@ def train_and_evaluate(run: DetectionRun) -> ResultRecord | None:
     from detectron2.utils.logger import setup_logger
 
     start = time.time()
+    provenance = run_provenance(["python -m evaluate.detection.launcher", *run.argv])
     sidecar = read_sidecar(run.weights) if run.weights.is_file() else {}
     cfg, deviations, replaced = build_config(run, sidecar)
     setup_logger(str(run.output_dir), distributed_rank=comm.get_rank(), name="fvcore")
@@ -350,7 +412,11 @@ def train_and_evaluate(run: DetectionRun) -> ResultRecord | None:
     trainer_class = _trainer_class()
     if run.eval_only:
         model = trainer_class.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=run.resume)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        source = (checkpointer.get_checkpoint_file() if run.resume and checkpointer.has_checkpoint()
+                  else str(run.weights))
+        checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=run.resume)
+        deviations = [*deviations, eval_only_deviation(checkpoint, source)]
     else:
         trainer = trainer_class(cfg)
         trainer.resume_or_load(resume=run.resume)
@@ -363,7 +429,7 @@ def train_and_evaluate(run: DetectionRun) -> ResultRecord | None:
     if not comm.is_main_process():
         return None
     record = build_record(cfg, run, sidecar, detection_metrics(results), deviations, replaced, resolved,
-                          time.time() - start)
+                          time.time() - start, provenance)
     if run.records is not None:
         write_record(run.records, record)
         log.info("wrote the result record to %s", run.records)
@@ -432,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
                        output_dir=args.output_dir, records=args.records, dataset=args.dataset, method=args.method,
                        opts=list(args.opts), resume=args.resume, eval_only=args.eval_only, num_gpus=args.num_gpus,
                        num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
-                       seed=args.seed)
+                       seed=args.seed, argv=list(sys.argv[1:] if argv is None else argv))
     try:
         record = run_detection(run)
     except (DetectionError, Detectron2Unavailable, OSError) as error:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import importlib.metadata
 import json
 import math
 import os
+import platform
+import stat
+import subprocess
+import sys
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +26,7 @@ from evaluate.errors import RecordError
 SCHEMA = "snclr-bench/result/v1"
 
 # Protocol families. A record's ``protocol`` is one of these; ``protocol_id`` spells out the exact
-# settings (mmselfsup-style, e.g. "linear_sgd-cos-90e-b4096-lr0.1").
+# settings (mmselfsup-style, e.g. "linear_sgd-cos-90e-b1024-lr0.1").
 PROTOCOL_FAMILIES = (
     "linear",         # standard linear probe (MoCo v3 main_lincls.py)
     "linear_fast",    # linear head on cached features: a labelled deviation from the protocol
@@ -76,14 +81,74 @@ class ResultRecord:
                           sort_keys=True)
 
 
+# Libraries whose version can change a number; detectron2 ships as the sal-detectron2 wheel.
+LIBRARIES = {"torch": ("torch",), "torchvision": ("torchvision",), "timm": ("timm",),
+             "detectron2": ("detectron2", "sal-detectron2")}
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed version of each library in :data:`LIBRARIES` (None when it is not installed)."""
+    versions: dict[str, str | None] = {}
+    for name, distributions in LIBRARIES.items():
+        versions[name] = None
+        for distribution in distributions:
+            try:
+                versions[name] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def working_tree_version(root: str | os.PathLike | None = None) -> str:
+    """Git commit of the checkout at ``root`` (default: this one), "+dirty" when any file differs from
+    it, untracked ones included.
+
+    An untracked module can change a result as much as an edited one, so unlike the pre-training
+    checkpoints' ``code_version`` nothing but .gitignore'd files is left out.
+    """
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def run_provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """What a record needs to be traced back: code version, libraries, Python and the command line.
+
+    Taken when the run starts, so an edit made while it runs cannot be credited with its result.
+    """
+    return {"code_version": working_tree_version(), "libraries": library_versions(),
+            "python": platform.python_version(), "argv": list(sys.argv if argv is None else argv)}
+
+
 def write_record(path: str | os.PathLike, record: ResultRecord) -> Path:
-    """Append one record as a single JSON line (one write + fsync, so a line is whole or absent)."""
+    """Append one record as a single JSON line (one write + fsync, so a line is whole or absent).
+
+    A write that fails part-way (a full disk) is cut back to the file's previous length, so no torn
+    line is left for the table builder to trip over; the OSError then names ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(record.to_json() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    line = memoryview((record.to_json() + "\n").encode("utf-8"))
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        before = os.lseek(descriptor, 0, os.SEEK_END)
+        try:
+            while line:
+                line = line[os.write(descriptor, line):]
+            os.fsync(descriptor)
+        except OSError as error:
+            if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                os.ftruncate(descriptor, before)
+            raise OSError(error.errno, f"cannot write the result record ({error.strerror})", str(path)) from None
+    finally:
+        os.close(descriptor)
     return path
 
 

@@ -20,7 +20,8 @@ def counting(backbone: torch.nn.Module) -> list[int]:
 
 
 def key(**overrides) -> FeatureKey:
-    fields = dict(weights_sha256="ab" * 32, arch="tiny", transform="identity", dataset="blobs:train:n=37")
+    fields = dict(weights_sha256="ab" * 32, arch="tiny", transform="identity", dataset="blobs:train:n=37",
+                  versions="code=abc torch=2")
     return FeatureKey(**{**fields, **overrides})
 
 
@@ -80,3 +81,15 @@ def test_transform_description_spells_out_parameters():
     a = transform_description(transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32)]))
     b = transform_description(transforms.Compose([transforms.Resize(36), transforms.CenterCrop(32)]))
     assert a != b and "\n" not in a and "size=32" in a
+
+
+def test_other_code_or_library_versions_do_not_reuse_the_cache(tmp_path):
+    """Fails on the pre-issue-8 code, whose cache key had no versions: features computed by another
+    torchvision (its resize) or another commit (a fixed backbone) were handed back as current."""
+    torch.manual_seed(0)
+    backbone, data = TinyBackbone(), colour_blobs(12)
+    calls = counting(backbone)
+    cached_features(backbone, data, key(), tmp_path, device=CPU, num_workers=0)
+    cached_features(backbone, data, key(versions="code=abc torch=3"), tmp_path, device=CPU, num_workers=0)
+    cached_features(backbone, data, key(versions="code=def torch=2"), tmp_path, device=CPU, num_workers=0)
+    assert sum(calls) == 3 * 12

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from classification_fixtures import PYTHON, REPO, write_image_folder, write_split_tree
 from evaluate.__main__ import main as evaluate_main
-from evaluate.classification.knn import KNNSettings, knn_classify
+from evaluate.classification.knn import KNNSettings, knn_classify, knn_hits
 from evaluate.report.records import read_records
 from pretrain.backbones import build_backbone
 
@@ -143,3 +143,39 @@ def test_cli_refuses_k_above_the_training_set_size(tmp_path):
     data = write_split_tree(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1)
     assert_one_line_error(tmp_path, ["--checkpoint", "random", "--arch", "resnet18", "--dataset", "imagefolder",
                                      "--data-dir", str(data), "--image-size", "32", "--k", "20"], "k=[20]")
+
+
+def test_hit_counts_of_rank_shards_add_up_to_the_whole_set():
+    """What each DDP rank computes: its rank-strided share of the test rows. Fails on the pre-issue-8 code,
+    where every rank computed the whole 50k x 1.28M similarity (no knn_hits to split)."""
+    generator = torch.Generator().manual_seed(1)
+    train = F.normalize(torch.randn(200, 16, generator=generator), dim=1)
+    labels = torch.randint(0, 7, (200,), generator=generator)
+    test = F.normalize(torch.randn(61, 16, generator=generator), dim=1)
+    targets = torch.randint(0, 7, (61,), generator=generator)
+    options = dict(ks=(3, 10), temperature=0.07, num_classes=7, test_chunk=8, train_chunk=50)
+    whole = knn_hits(train, labels, test, targets, **options)
+    world = 3
+    shards = sum(knn_hits(train, labels, test[r::world], targets[r::world], **options) for r in range(world))
+    assert torch.equal(shards, whole) and whole.sum() > 0
+
+
+def test_the_similarities_run_on_the_given_device():
+    generator = torch.Generator().manual_seed(2)
+    train, test = torch.randn(40, 8, generator=generator), torch.randn(9, 8, generator=generator)
+    labels, targets = torch.arange(40) % 4, torch.arange(9) % 4
+    on_cpu = knn_classify(train, labels, test, targets, ks=(5,), device="cpu")
+    assert on_cpu == knn_classify(train, labels, test, targets, ks=(5,))
+    if torch.cuda.is_available():
+        assert knn_classify(train, labels, test, targets, ks=(5,), device="cuda") == on_cpu
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.07])
+def test_a_non_positive_temperature_is_refused(temperature):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        knn_classify(torch.randn(5, 2), torch.zeros(5, dtype=torch.long), torch.randn(2, 2),
+                     torch.zeros(2, dtype=torch.long), ks=(2,), temperature=temperature)
+
+
+def test_default_interpolation_is_dinos_bicubic():
+    assert KNNSettings().interpolation == "bicubic"

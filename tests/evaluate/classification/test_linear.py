@@ -1,6 +1,7 @@
 """Linear probe: MoCo's two checks, learning on separable data, resume after a crash, the CLI."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 
@@ -18,11 +19,25 @@ CPU = torch.device("cpu")
 
 
 def test_lr_scaling_and_protocol_ids_follow_moco_v3():
+    """MoCo v3 main_lincls.py: ``-b 1024``, ``--lr 0.1``, lr = lr x batch / 256 (ViT: README ``--lr=3``).
+
+    Fails on the code before issue 8, whose default batch was 4096 (attributed to MoCo v3).
+    """
     resnet, vit = linear.paper_settings("resnet50"), linear.paper_settings("vit_small")
-    assert (resnet.epochs, resnet.batch_size, resnet.base_lr, resnet.lr) == (90, 4096, 0.1, 1.6)
-    assert vit.lr == pytest.approx(48.0)  # 3 x 4096 / 256
-    assert resnet.protocol_id() == "linear_sgd-cos-90e-b4096-lr0.1"
-    assert LinearSettings(crops=4).protocol_id(fast=True) == "linear-fast_4crops_sgd-cos-90e-b4096-lr0.1"
+    assert (resnet.epochs, resnet.batch_size, resnet.base_lr, resnet.lr) == (90, 1024, 0.1, 0.4)
+    assert vit.lr == pytest.approx(12.0)  # 3 x 1024 / 256
+    assert resnet.protocol_id() == "linear_sgd-cos-90e-b1024-lr0.1"
+    assert LinearSettings(crops=4).protocol_id(fast=True) == "linear-fast_4crops_sgd-cos-90e-b1024-lr0.1"
+
+
+def test_a_batch_other_than_1024_is_a_deviation():
+    """Fails on the pre-issue-8 code: 4096 was the 'paper' batch, so --batch-size 1024 was a deviation."""
+    args = argparse.Namespace(epochs=None, batch_size=4096, base_lr=None, min_scale=None, crops=None)
+    settings, deviations = linear.resolve_settings("resnet50", "imagefolder", args)
+    assert settings.lr == pytest.approx(1.6)
+    assert deviations == ["batch_size: 1024 (paper) -> 4096 (flag)"]
+    args.batch_size = 1024
+    assert linear.resolve_settings("resnet50", "imagefolder", args)[1] == []
 
 
 def test_head_init_is_normal_001_with_zero_bias():

@@ -11,13 +11,12 @@ from classification_fixtures import (FASHION_MNIST, PYTHON, REPO, SHARED, TinyBa
                                      write_image_folder, write_split_tree)
 from evaluate.report.records import read_records
 from evaluate.classification.semisup import (SIMCLR_SUBSETS, FineTuneSettings, SubsetFileError, check_simclr_subset,
-                              fine_tune, generate_subset, label_subset, preset_settings, read_subset_file,
-                              resolve_subset, subset_names, write_subset_file)
+                              fine_tune, generate_subset, implementation_deviations, label_subset, preset_settings,
+                              read_subset_file, resolve_subset, shipped_subset, subset_names, subset_sha256,
+                              subset_text, write_subset_file)
 from pretrain.data import FashionMNIST, IndexedImageFolder
 
-SUBSETS = SHARED / "reference" / "imagenet_subsets"
-needs_subsets = pytest.mark.skipif(not (SUBSETS / "1percent.txt").is_file(),
-                                   reason=f"SimCLR lists not found at {SUBSETS}")
+REFERENCE_SUBSETS = SHARED / "reference" / "imagenet_subsets"
 
 
 def test_presets_match_swav_and_barlow_twins():
@@ -32,19 +31,46 @@ def test_presets_match_swav_and_barlow_twins():
     assert swav1.protocol_id(1) == "semisup-1pct_swav_sgd-step12-16-20e-b256-lr0.02-head5"
 
 
-@needs_subsets
 @pytest.mark.parametrize("percent", [1, 10])
-def test_real_simclr_lists_pass_the_check(percent):
-    path = SUBSETS / f"{percent}percent.txt"
+def test_shipped_simclr_lists_pass_the_check(percent):
+    """Runs in a plain clone: the lists ship in evaluate/classification/subsets/ (before issue 8 it skipped)."""
+    path = shipped_subset(percent)
     names = read_subset_file(path)
     assert len(names) == SIMCLR_SUBSETS[percent][0]
     assert names[0].endswith(".JPEG") and names[0].startswith("n")
     check_simclr_subset(path, names, percent)
 
 
-@needs_subsets
+@pytest.mark.parametrize("percent", [1, 10])
+def test_shipped_lists_are_simclrs_byte_for_byte(percent):
+    reference = REFERENCE_SUBSETS / f"{percent}percent.txt"
+    if not reference.is_file():
+        pytest.skip(f"reference copy {reference} not present (it lives outside the repository)")
+    assert subset_text(shipped_subset(percent)).encode("utf-8") == reference.read_bytes()
+
+
+def test_crlf_and_a_missing_final_newline_hash_as_the_same_list(tmp_path):
+    """Fails on the pre-issue-8 code, which hashed the raw bytes: a CRLF copy was 'not SimCLR's list'."""
+    text = subset_text(shipped_subset(1))
+    crlf, bare = tmp_path / "crlf.txt", tmp_path / "bare.txt"
+    crlf.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
+    bare.write_bytes(text.rstrip("\n").encode("utf-8"))
+    for copy in (crlf, bare):
+        assert subset_sha256(copy) == SIMCLR_SUBSETS[1][1]
+        check_simclr_subset(copy, read_subset_file(copy), 1)
+
+
+def test_a_non_utf8_list_is_a_one_line_error(tmp_path):
+    """Fails on the pre-issue-8 code, where read_text raised UnicodeDecodeError (a traceback)."""
+    listed = tmp_path / "latin1.txt"
+    listed.write_bytes("n00000000_caf\xe9.png\n".encode("latin-1"))
+    with pytest.raises(SubsetFileError, match=r"latin1.txt: not UTF-8 text \(byte 13") as error:
+        read_subset_file(listed)
+    assert "\n" not in str(error.value)
+
+
 def test_an_edited_simclr_list_is_refused(tmp_path):
-    lines = (SUBSETS / "1percent.txt").read_text().splitlines()
+    lines = subset_text(shipped_subset(1)).splitlines()
     short = tmp_path / "1percent.txt"
     short.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(SubsetFileError, match="12810 lines"):
@@ -54,25 +80,26 @@ def test_an_edited_simclr_list_is_refused(tmp_path):
     with pytest.raises(SubsetFileError, match="sha256"):
         check_simclr_subset(swapped, read_subset_file(swapped), 1)
     with pytest.raises(SubsetFileError, match="12811 lines / 1000 classes"):
-        check_simclr_subset(SUBSETS / "1percent.txt", read_subset_file(SUBSETS / "1percent.txt"), 10)
+        check_simclr_subset(shipped_subset(1), read_subset_file(shipped_subset(1)), 10)
 
 
-@needs_subsets
-def test_real_1percent_list_resolves_against_an_imagenet_shaped_tree(tmp_path):
+def test_shipped_1percent_list_is_the_imagenet_default_and_resolves_against_an_imagenet_shaped_tree(tmp_path):
+    """Without --subset-file ImageNet uses the shipped list (before issue 8: refused, asking for the file)."""
     # 12,811 empty files in 1,000 wnid folders: ImageFolder only looks at names when indexing.
-    names = read_subset_file(SUBSETS / "1percent.txt")
+    names = read_subset_file(shipped_subset(1))
     for name in names:
         folder = tmp_path / "train" / name.split("_")[0]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).touch()
     dataset = IndexedImageFolder(tmp_path / "train")
-    indices, source = label_subset(dataset, 1, subset_file=SUBSETS / "1percent.txt", imagenet=True, seed=0,
+    indices, source = label_subset(dataset, 1, subset_file=None, imagenet=True, seed=0,
                                    generated_path=tmp_path / "unused.txt")
+    assert source == str(shipped_subset(1)) and not (tmp_path / "unused.txt").exists()
     assert len(indices) == 12811 and len(set(indices.tolist())) == 12811
     assert {dataset.classes[dataset.targets[i]] for i in indices} == {n.split("_")[0] for n in names}
     (tmp_path / "train" / names[5].split("_")[0] / names[5]).unlink()
     with pytest.raises(SubsetFileError, match=names[5].replace(".", r"\.")):
-        label_subset(IndexedImageFolder(tmp_path / "train"), 1, subset_file=SUBSETS / "1percent.txt",
+        label_subset(IndexedImageFolder(tmp_path / "train"), 1, subset_file=None,
                      imagenet=True, seed=0, generated_path=tmp_path / "unused.txt")
 
 
@@ -129,11 +156,23 @@ def test_malformed_list_files_are_refused(tmp_path, text, message):
         read_subset_file(listed)
 
 
-def test_imagenet_without_a_list_is_refused(tmp_path):
+def test_imagenet_with_another_list_is_refused(tmp_path):
     write_image_folder(tmp_path / "train", classes=2, per_class=2)
+    listed = tmp_path / "subset.txt"
+    listed.write_text("n00000000_0.png\nn00000001_1.png\n")
     with pytest.raises(SubsetFileError, match="SimCLR's 1percent.txt"):
-        label_subset(IndexedImageFolder(tmp_path / "train"), 1, subset_file=None, imagenet=True, seed=0,
+        label_subset(IndexedImageFolder(tmp_path / "train"), 1, subset_file=listed, imagenet=True, seed=0,
                      generated_path=tmp_path / "g.txt")
+
+
+def test_each_presets_departure_from_its_reference_is_a_deviation():
+    """Fails on the pre-issue-8 code, where neither departure reached the record."""
+    assert implementation_deviations("swav", 1) == [
+        "head init: N(0, 0.01), bias 0 (SwAV eval_semisup.py: PyTorch's default nn.Linear init)"]
+    assert implementation_deviations("swav", 8) == implementation_deviations("swav", 1)  # SwAV itself uses SyncBN
+    assert implementation_deviations("barlow", 1) == []
+    assert implementation_deviations("barlow", 2) == [
+        "BN synchronised over the 2 ranks (Barlow Twins evaluate.py: per-GPU BN)"]
 
 
 def test_generated_subset_is_deterministic_balanced_and_seeded():

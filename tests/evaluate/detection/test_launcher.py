@@ -58,6 +58,51 @@ def test_smoke_configs_list_their_deviations() -> None:
 
 
 @needs_detectron2
+@pytest.mark.parametrize("key,value,listed", [
+    ("MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.NUM_CLASSES=3 (protocol: 80)"),
+    ("MODEL.PIXEL_MEAN", "[103.53, 116.28, 123.675]", "MODEL.PIXEL_MEAN=[103.53, 116.28, 123.675] (protocol: "),
+    ("MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]", "MODEL.PIXEL_STD=[1.0, 1.0, 1.0] (protocol: "),
+    ("INPUT.MAX_SIZE_TRAIN", "1000", "INPUT.MAX_SIZE_TRAIN=1000 (protocol: 1333)"),
+    ("INPUT.MAX_SIZE_TEST", "1000", "INPUT.MAX_SIZE_TEST=1000 (protocol: 1333)"),
+    ("SOLVER.WEIGHT_DECAY", "0.0005", "SOLVER.WEIGHT_DECAY=0.0005 (protocol: 0.0001)"),
+    ("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.ENABLED=True (protocol: False)"),
+    ("DATASETS.TRAIN", "('coco_2017_val',)", "DATASETS.TRAIN=('coco_2017_val',) (protocol: ('coco_2017_train',))"),
+])
+def test_every_result_affecting_override_is_a_deviation(key: str, value: str, listed: str) -> None:
+    """Fails on the pre-issue-8 code, where these overrides sat only in settings (or nowhere)."""
+    from evaluate.detection.launcher import protocol_deviations
+
+    deviations = protocol_deviations(_cfg("mask_rcnn_R_50_FPN_1x_ssl.yaml", key, value))
+    assert len(deviations) == 1 and deviations[0].startswith(listed), deviations
+
+
+@needs_detectron2
+def test_settings_are_recorded_after_detectron2_auto_scaling(tmp_path: Path) -> None:
+    """REFERENCE_WORLD_SIZE 8 on one process: detectron2 trains batch 2, lr 0.0025, 720k iterations. Fails on
+    the pre-issue-8 code, which recorded and compared the unscaled 16 / 0.02 / 90k."""
+    from evaluate.detection.launcher import DetectionRun, build_config
+
+    weights = tmp_path / "w.pkl"
+    weights.write_bytes(b"")
+    run = DetectionRun(config_file=CONFIGS / "mask_rcnn_R_50_FPN_1x_ssl.yaml", weights=weights, coco_root=tmp_path,
+                       output_dir=tmp_path / "out", opts=["SOLVER.REFERENCE_WORLD_SIZE", "8"])
+    with pytest.warns(UserWarning, match="SyncBN replaced by BN"):
+        cfg, deviations, _ = build_config(run, {})
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER) == (2, 0.0025, 720000)
+    assert deviations[1].startswith("SOLVER.REFERENCE_WORLD_SIZE=8 (protocol: 0): detectron2 scaled")
+    assert "SOLVER.IMS_PER_BATCH=2 (protocol: 16)" in deviations
+    assert "SOLVER.MAX_ITER=720000 (protocol: 90000)" in deviations
+
+
+def test_eval_only_names_the_iteration_it_evaluated() -> None:
+    from evaluate.detection.launcher import eval_only_deviation
+
+    assert eval_only_deviation({"iteration": 5}, "out/model_final.pth") == (
+        "--eval-only: no training in this run; evaluated out/model_final.pth at iteration 6")
+    assert "without training (detection heads untrained" in eval_only_deviation({}, "w.pkl")
+
+
+@needs_detectron2
 def test_syncbn_becomes_bn_only_for_one_process() -> None:
     from evaluate.detection.launcher import replace_syncbn_for_single_process
 
@@ -150,6 +195,15 @@ def test_smoke_run_trains_evaluates_and_writes_a_record(smoke_inputs: dict[str, 
     resumed = run_detection(_run(smoke_inputs, "run", resume=True, opts=["SOLVER.MAX_ITER", "6"]))
     assert resumed is not None and resumed.settings["resumed"] is True
     assert resumed.metrics_final == pytest.approx(record.metrics_final)
+    assert not any(d.startswith("--eval-only") for d in resumed.deviations)
+    assert resumed.pretrain_complete is True and resumed.provenance["libraries"]["detectron2"]
+
+    # --eval-only evaluates the last checkpoint and says so, with its iteration (before issue 8: silent).
+    evaluated = run_detection(_run(smoke_inputs, "run", resume=True, eval_only=True, opts=["SOLVER.MAX_ITER", "6"]))
+    assert evaluated is not None and evaluated.metrics_final == pytest.approx(record.metrics_final)
+    assert any(d.startswith("--eval-only: no training in this run; evaluated ") and d.endswith("at iteration 6")
+               for d in evaluated.deviations), evaluated.deviations
+    assert not evaluated.protocol_conformant
 
 
 @needs_detectron2
