@@ -10,6 +10,7 @@ mocov3        {"state_dict": ...} (MoCo v3 main_moco.py)        "module.base_enc
 mocov2        {"state_dict": ...} (MoCo v1/v2 main_moco.py)     "module.encoder_q."
 dino          {"teacher": ..., "student": ...}                  "[module.]backbone." (teacher)
 solo-learn    {"state_dict": ...} (Lightning)                   "backbone."
+mmselfsup     {"meta": ..., "state_dict": ...} (ResNets)        "backbone."
 torchvision   plain state dict                                  none ("fc." dropped)
 timm          plain state dict                                  none ("head." dropped)
 ============  ===============================================  =========================
@@ -122,6 +123,8 @@ def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
                                 ("backbone.", "solo-learn", None)):
         if any(k.startswith(prefix) for k in state):
             backbone, dropped = _take_prefix(state, prefix)
+            if fmt == "solo-learn" and isinstance(obj.get("meta"), dict):  # mmcv / mmengine runners save "meta"
+                fmt, epochs = "mmselfsup", obj["meta"].get("epoch", epochs)
             return backbone, fmt, dropped, {"method": method, "pretrain_epochs": epochs}
     if all(k.startswith("module.") for k in state):  # a DDP-wrapped plain model
         state = {k[len("module."):]: v for k, v in state.items()}

@@ -49,6 +49,10 @@ SAFE_GLOBALS: list[Any] = [
 class UntrustedFileError(ValueError):
     """A file that would run code (or rebuild a type outside the allow-list) to load; not loaded."""
 
+    def __init__(self, message: str, offending: str) -> None:
+        super().__init__(message)
+        self.offending = offending
+
 
 def _refusal(error: Exception) -> tuple[str | None, str]:
     """(the global a refused pickle names, or None; torch's one-line reason), parsed from torch's
@@ -81,8 +85,8 @@ def torch_load(path: str | os.PathLike, *, trust: bool = False) -> Any:
                                              f"reader, {TRUST_FLAG} reads it as a full pickle") from None
             raise UntrustedFileError(
                 f"{path}: refused to load: it pickles {offending}, which is not a tensor or an allow-listed "
-                f"type and could run code; pass {TRUST_FLAG} only if you trust where the file came from"
-            ) from None
+                f"type and could run code; pass {TRUST_FLAG} only if you trust where the file came from",
+                offending) from None
     log.warning("%s: %s given, fully unpickling a file the data-only reader refused (%s)", path, TRUST_FLAG,
                 offending or reason)
     return torch.load(path, map_location="cpu", weights_only=False)
@@ -129,7 +133,8 @@ def load_array_pickle(path: str | os.PathLike, *, trust: bool = False) -> Any:
             if not trust:
                 raise UntrustedFileError(
                     f"{path}: refused to load: it pickles {error}, which is not a numpy array or plain container "
-                    f"and could run code; pass {TRUST_FLAG} only if you trust where the file came from") from None
+                    f"and could run code; pass {TRUST_FLAG} only if you trust where the file came from",
+                    str(error)) from None
         log.warning("%s: %s given, fully unpickling it", path, TRUST_FLAG)
         handle.seek(0)
         return pickle.load(handle, encoding="latin1")

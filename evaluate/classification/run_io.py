@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from evaluate.errors import ResumeError
+from pretrain.safe_load import UntrustedFileError, torch_load
 
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,15 @@ def load_resume_state(path: Path, expected: dict[str, Any]) -> dict | None:
     """
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # Read as data only: our own states hold nothing else, so there is no flag to trust one.
+        state = torch_load(path)
+    except UntrustedFileError as error:
+        raise ResumeError(f"{path}: refused to load: it pickles {error.offending}, which could run code (a resume "
+                          "state holds data only); delete it or use --restart") from None
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (EOFError, RuntimeError, ...)
+        raise ResumeError(f"{path}: unreadable resume state ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:120] if str(error) else ''}); delete it or use --restart") from None
     saved = state.get("settings")
     if saved != expected:
         diff = sorted(k for k in set(saved or {}) | set(expected) if (saved or {}).get(k) != expected.get(k))
