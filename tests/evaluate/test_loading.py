@@ -384,3 +384,37 @@ def test_vit_base_has_12_heads_in_every_source(tmp_path):
     images = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(images), _timm_features(reference, images), atol=1e-4, rtol=1e-4)
+
+
+# --- the evaluator CLIs --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("subcommand", ["linear", "linear-fast", "knn", "semisup"])
+def test_every_evaluator_refuses_a_checkpoint_that_runs_code(tmp_path, r18, subcommand):
+    """The refusal reaches the user as one line naming the type and the flag; the marker proves nothing ran."""
+    from evaluate.__main__ import main as evaluate_main
+    from untrusted_pickles import WritesMarker, hidden_in
+
+    marker = tmp_path / "ran"
+    torch.save(hidden_in({"state_dict": prefixed(r18, "module.encoder_q.")}, marker), tmp_path / "m.pth")
+    extra = ["--percent", "1"] if subcommand == "semisup" else []
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([subcommand, "--checkpoint", str(tmp_path / "m.pth"), "--out-dir", str(tmp_path / "run"),
+                       "--num-workers", "0", "--no-tensorboard", *extra])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "--trust-checkpoint" in message, message
+    assert "exec" in message and not marker.exists()
+
+
+def test_cli_records_the_head_count_and_takes_vit_heads(tmp_path):
+    """--vit-heads reaches the loader, and the record says which head count was used and why."""
+    from evaluate.__main__ import main as evaluate_main
+    from evaluate.report.records import read_records
+    from conftest import write_image_tree
+
+    data = write_image_tree(tmp_path / "data", classes=("a", "b"), per_class=4)
+    torch.save(backbone_state("vit_tiny", image_size=32), tmp_path / "vit.pth")
+    evaluate_main(["knn", "--checkpoint", str(tmp_path / "vit.pth"), "--vit-heads", "6", "--dataset", "imagefolder",
+                   "--data-dir", str(data), "--image-size", "32", "--k", "2", "--out-dir", str(tmp_path / "run"),
+                   "--num-workers", "0", "--no-tensorboard"])
+    [record] = read_records(tmp_path / "run" / "results.jsonl")
+    assert (record.settings["vit_heads"], record.settings["vit_heads_source"]) == (6, "--vit-heads")
