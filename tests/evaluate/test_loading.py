@@ -75,7 +75,8 @@ def test_snclr_checkpoint_from_the_real_model(tmp_path):
 def test_mocov3_resnet(tmp_path, r18):
     # MoCo v3 keeps its projector inside base_encoder.fc and a momentum copy beside it.
     state = {**prefixed(r18, "module.base_encoder."), **mlp_state("module.base_encoder.fc."),
-             **prefixed(r18, "module.momentum_encoder."), **mlp_state("module.predictor.", (16, 64, 16))}
+             **prefixed(backbone_state("resnet18", seed=1), "module.momentum_encoder."),
+             **mlp_state("module.predictor.", (16, 64, 16))}
     torch.save({"epoch": 100, "arch": "resnet18", "state_dict": state, "optimizer": {}}, tmp_path / "m.pth.tar")
     loaded = load_backbone_state_dict(tmp_path / "m.pth.tar")
     assert (loaded.arch, loaded.source_format, loaded.meta["pretrain_epochs"]) == ("resnet18", "mocov3", 100)
@@ -93,8 +94,11 @@ def test_mocov3_vit_drops_the_head_projector(tmp_path):
 
 
 def test_mocov2_with_queue_and_key_encoder(tmp_path, r18):
+    """The key encoder gets other tensors (another seed), so loading encoder_k instead of encoder_q
+    fails the comparison. Break tried: prefix "module.encoder_k." for mocov2 -> this test fails."""
+    key_encoder = backbone_state("resnet18", seed=1)
     state = {**prefixed(r18, "module.encoder_q."), **mlp_state("module.encoder_q.fc.", (512, 512, 128)),
-             **prefixed(r18, "module.encoder_k."), "module.queue": torch.randn(128, 4096),
+             **prefixed(key_encoder, "module.encoder_k."), "module.queue": torch.randn(128, 4096),
              "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
     torch.save({"epoch": 200, "arch": "resnet18", "state_dict": state}, tmp_path / "v2.pth.tar")
     loaded = load_backbone_state_dict(tmp_path / "v2.pth.tar")
