@@ -396,7 +396,7 @@ def test_vit_base_has_12_heads_in_every_source(tmp_path):
 def test_every_evaluator_refuses_a_checkpoint_that_runs_code(tmp_path, r18, subcommand):
     """The refusal reaches the user as one line naming the type and the flag; the marker proves nothing ran."""
     from evaluate.__main__ import main as evaluate_main
-    from untrusted_pickles import WritesMarker, hidden_in
+    from untrusted_pickles import hidden_in
 
     marker = tmp_path / "ran"
     torch.save(hidden_in({"state_dict": prefixed(r18, "module.encoder_q.")}, marker), tmp_path / "m.pth")
