@@ -179,7 +179,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b", **kwargs)
     monkeypatch.setattr(MetricsLog, "write", original)
-    assert torch.load(tmp_path / "b" / "linear_fast_state.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "b" / "linear_fast_state.pt", weights_only=True)["epoch"] == 2
     resumed = linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b", **kwargs)
     assert resumed["final"] == straight["final"]
     assert [h["val_top1"] for h in resumed["history"]] == [h["val_top1"] for h in straight["history"]]

@@ -141,7 +141,7 @@ def test_smoke_run_trains_evaluates_and_writes_a_record(smoke_inputs: dict[str, 
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()]
     assert max(iterations) == 5
     # Training changed the backbone it started from (the converted weights, checked at start-up).
-    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     from evaluate.detection.convert import read_detectron2_weights
     initial = read_detectron2_weights(smoke_inputs["weights"])
     assert not np.array_equal(np.asarray(final["backbone.bottom_up.res2.0.conv1.weight"]),
