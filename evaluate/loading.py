@@ -26,9 +26,9 @@ covers what no tensor shape shows: a ViT gets its source's attention head count 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
-import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
