@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                       tensorboard=False)
         began = time.perf_counter()
         standard = linear_probe(run.backbone, run.feature_dim, run.train_set(augment=True), run.val_set(),
-                                out_dir=run.out_dir / "standard", num_workers=args.num_workers,
+                                checkpoint_state=run.loaded.state_dict, out_dir=run.out_dir / "standard", num_workers=args.num_workers,
                                 eval_batch_size=args.eval_batch_size, **common)
         standard_s = time.perf_counter() - began
 

@@ -10,6 +10,7 @@ mocov3        {"state_dict": ...} (MoCo v3 main_moco.py)        "module.base_enc
 mocov2        {"state_dict": ...} (MoCo v1/v2 main_moco.py)     "module.encoder_q."
 dino          {"teacher": ..., "student": ...}                  "[module.]backbone." (teacher)
 solo-learn    {"state_dict": ...} (Lightning)                   "backbone."
+mmselfsup     {"meta": ..., "state_dict": ...} (ResNets)        "backbone."
 torchvision   plain state dict                                  none ("fc." dropped)
 timm          plain state dict                                  none ("head." dropped)
 ============  ===============================================  =========================
@@ -17,13 +18,18 @@ timm          plain state dict                                  none ("head." dr
 The result is *strict*: every tensor of the target backbone must be present with the right shape,
 and nothing but known non-backbone keys may be left over, otherwise :class:`BackboneLoadError` lists
 the missing / unexpected keys. A wrong prefix can therefore never yield a random backbone.
+
+Files are read as data (:mod:`pretrain.safe_load`): a checkpoint that pickles anything beyond tensors
+and the allow-listed types is refused unless ``trust=True`` (``--trust-checkpoint``). "Strict" also
+covers what no tensor shape shows: a ViT gets its source's attention head count (:func:`vit_heads_for`).
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import math
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pretrain.backbones import RESNETS, VITS, build_backbone
+from pretrain.backbones import RESNETS, VITS, build_backbone, build_mocov3_vit
 from pretrain.provenance import file_sha256
+from pretrain.safe_load import UntrustedFileError, torch_load
 from evaluate.errors import BackboneLoadError
 
 log = logging.getLogger(__name__)
@@ -54,22 +61,20 @@ class LoadedBackbone:
     image_size: int = 224
     dropped_keys: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # ViTs only: the attention head count of the source's model and where it came from. It changes no
+    # tensor shape, so it cannot be read from the tensors (see vit_heads_for).
+    vit_heads: int | None = None
+    vit_heads_source: str | None = None
 
 
-def _torch_load(path: Path):
+def _torch_load(path: Path, trust: bool):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # DINO stores an argparse.Namespace and others numpy objects: a full unpickle is needed.
-        log.warning("%s holds non-tensor Python objects; loading it as a full pickle "
-                    "(only load checkpoints you trust)", path)
+        return torch_load(path, trust=trust)
+    except UntrustedFileError as error:
+        raise BackboneLoadError(str(error)) from None
     except Exception as error:  # noqa: BLE001 - a non-checkpoint file fails in many ways (e.g. KeyError)
         raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
                                 f"{str(error).splitlines()[0][:120] if str(error) else ''})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
 
 
 def _is_state_dict(obj) -> bool:
@@ -115,7 +120,10 @@ def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
         state = obj[key]
         prefix = "module.backbone." if any(k.startswith("module.backbone.") for k in state) else "backbone."
         backbone, dropped = _take_prefix(state, prefix)
-        return backbone, "dino", [f"{key}.{k}" for k in dropped], {"method": "DINO", "pretrain_epochs": obj.get("epoch")}
+        meta = {"method": "DINO", "pretrain_epochs": obj.get("epoch")}
+        if isinstance(obj.get("args"), argparse.Namespace) and isinstance(getattr(obj["args"], "arch", None), str):
+            meta["dino_arch"] = obj["args"].arch
+        return backbone, "dino", [f"{key}.{k}" for k in dropped], meta
     inner = None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
@@ -132,6 +140,8 @@ def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
                                 ("backbone.", "solo-learn", None)):
         if any(k.startswith(prefix) for k in state):
             backbone, dropped = _take_prefix(state, prefix)
+            if fmt == "solo-learn" and isinstance(obj.get("meta"), dict):  # mmcv / mmengine runners save "meta"
+                fmt, epochs = "mmselfsup", obj["meta"].get("epoch", epochs)
             return backbone, fmt, dropped, {"method": method, "pretrain_epochs": epochs}
     if all(k.startswith("module.") for k in state):  # a DDP-wrapped plain model
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -182,13 +192,51 @@ def _strict_match(state: dict, reference: dict, path: Path) -> tuple[dict, list[
     return matched, dropped
 
 
-def load_backbone_state_dict(path: str | os.PathLike, arch: str | None = None) -> LoadedBackbone:
+# ViT-S is where sources disagree on the head count, which changes no tensor shape: MoCo v3 (vits.py,
+# "ViT-S with 12 heads"; our own pre-training uses its builder) has 12, DeiT/timm, DINO
+# (vision_transformer.py) and solo-learn (timm's models) have 6. ViT-B has 12 and ViT-Ti 3 everywhere.
+_VIT_SMALL_HEADS = {"snclr": 12, "mocov3": 12, "dino": 6, "solo-learn": 6}
+# DINO's vision_transformer.py builders, by the args.arch that main_dino.py stores with the checkpoint.
+_DINO_HEADS = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12}
+
+
+def vit_heads_for(arch: str, source_format: str, meta: dict, flag: int | None, path: Path) -> tuple[int, str]:
+    """(attention heads, where the count came from) for a ViT of ``arch`` read from ``source_format``.
+
+    ``--vit-heads`` wins; then DINO's stored ``args.arch``; then the format's builder. A plain ViT-S
+    state dict (timm format) is refused without the flag: 6 and 12 heads load equally "strictly"
+    and give different features, so guessing would be a silent coin toss.
+    """
+    dim = VITS[arch].embed_dim
+    if flag is not None:
+        if flag < 1 or dim % flag:
+            raise BackboneLoadError(f"--vit-heads {flag} does not divide the {arch} embedding width {dim}")
+        return flag, "--vit-heads"
+    dino_arch = meta.get("dino_arch")
+    if source_format == "dino" and dino_arch in _DINO_HEADS:
+        if dino_arch != arch:
+            raise BackboneLoadError(f"{path}: DINO args.arch is {dino_arch!r} but the tensors are a {arch}")
+        return _DINO_HEADS[dino_arch], "DINO args.arch"
+    if arch != "vit_small":
+        return VITS[arch].num_heads, "same in every source"
+    if source_format in _VIT_SMALL_HEADS:
+        return _VIT_SMALL_HEADS[source_format], f"{source_format} format"
+    raise BackboneLoadError(f"{path}: a plain vit_small state dict does not say its head count; pass --vit-heads 6 "
+                            "(DINO, DeiT/timm, solo-learn, mmselfsup) or --vit-heads 12 (MoCo v3)")
+
+
+def load_backbone_state_dict(path: str | os.PathLike, arch: str | None = None, *, trust: bool = False,
+                             vit_heads: int | None = None) -> LoadedBackbone:
     """Read ``path`` (any supported format) and return its backbone tensors under plain
-    torchvision/timm names, checked strictly against a freshly built ``arch`` backbone."""
+    torchvision/timm names, checked strictly against a freshly built ``arch`` backbone.
+
+    ``trust`` allows a full unpickle of a file that holds more than tensors and allow-listed types
+    (``--trust-checkpoint``); ``vit_heads`` sets a ViT's head count (``--vit-heads``, see vit_heads_for).
+    """
     path = Path(path)
     if not path.is_file():
         raise BackboneLoadError(f"checkpoint {path} does not exist")
-    obj = _torch_load(path)
+    obj = _torch_load(path, trust)
     state, fmt, dropped, meta = split_source(obj, path)
     if not state:
         raise BackboneLoadError(f"{path}: detected format {fmt!r} but it holds no backbone tensors")
@@ -199,18 +247,32 @@ def load_backbone_state_dict(path: str | os.PathLike, arch: str | None = None) -
         raise BackboneLoadError(f"{path}: {error} (format {fmt!r}, key prefixes {prefixes})") from None
     if arch is not None and arch != detected:
         raise BackboneLoadError(f"{path}: holds a {detected} backbone, but --arch {arch} was requested")
+    heads, heads_source = None, None
+    if detected in VITS:
+        heads, heads_source = vit_heads_for(detected, fmt, meta, vit_heads, path)
+    elif vit_heads is not None:
+        raise BackboneLoadError(f"{path}: --vit-heads applies to ViT backbones, this one is a {detected}")
     reference = build_backbone(detected, image_size)[0].state_dict()
     matched, head_dropped = _strict_match(state, reference, path)
-    log.info("loaded %s backbone from %s (%s format, %d tensors, %d keys dropped)",
-             detected, path, fmt, len(matched), len(dropped) + len(head_dropped))
+    log.info("loaded %s backbone from %s (%s format, %d tensors, %d keys dropped%s)", detected, path, fmt,
+             len(matched), len(dropped) + len(head_dropped), f", {heads} heads: {heads_source}" if heads else "")
     return LoadedBackbone(state_dict=matched, arch=detected, source_format=fmt, sha256=file_sha256(path),
                           path=str(path), image_size=image_size, dropped_keys=dropped + head_dropped,
-                          meta=meta)
+                          meta=meta, vit_heads=heads, vit_heads_source=heads_source)
 
 
-def build_loaded_backbone(path: str | os.PathLike, arch: str | None = None) -> tuple[nn.Module, int, LoadedBackbone]:
+def build_model(loaded: LoadedBackbone) -> tuple[nn.Module, int]:
+    """The backbone module ``loaded`` describes (a ViT with its source's head count), random weights."""
+    if loaded.vit_heads is None:
+        return build_backbone(loaded.arch, loaded.image_size)
+    spec = dataclasses.replace(VITS[loaded.arch], num_heads=loaded.vit_heads)
+    return build_mocov3_vit(spec, loaded.image_size), spec.embed_dim
+
+
+def build_loaded_backbone(path: str | os.PathLike, arch: str | None = None, *, trust: bool = False,
+                          vit_heads: int | None = None) -> tuple[nn.Module, int, LoadedBackbone]:
     """Build the backbone and load the checkpoint into it with ``strict=True``."""
-    loaded = load_backbone_state_dict(path, arch)
-    model, dim = build_backbone(loaded.arch, loaded.image_size)
+    loaded = load_backbone_state_dict(path, arch, trust=trust, vit_heads=vit_heads)
+    model, dim = build_model(loaded)
     model.load_state_dict(loaded.state_dict, strict=True)
     return model, dim, loaded

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pretrain.fileio import atomic_write
+from pretrain.safe_load import torch_load
 
 FORMAT = "snclr-bench/pretrain/v1"
 LATEST = "checkpoint.pth"
@@ -48,7 +49,7 @@ def load_pretrain_checkpoint(path: str | os.PathLike, expect: dict | None = None
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)  # data only, with the evaluators' allow-list (pretrain.safe_load)
     except Exception as error:  # noqa: BLE001 - any failure to unpickle means unusable
         raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:120]})") from None

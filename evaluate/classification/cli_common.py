@@ -28,7 +28,8 @@ from evaluate.loading import BackboneLoadError, LoadedBackbone, build_loaded_bac
 from evaluate.classification.features import FeatureKey, cached_features, transform_description
 from evaluate.report.records import RecordError, ResultRecord, run_provenance, write_record
 from evaluate.classification.run_io import ResumeError
-from pretrain.backbones import BACKBONES, build_backbone, is_vit
+from pretrain.backbones import BACKBONES, VITS, build_backbone, is_vit
+from pretrain.safe_load import TRUST_FLAG
 from pretrain.data import (DataError, build_dataset, dataset_targets, eval_transform, linear_train_transform,
                            resolve_fashion_mnist_dir)
 from pretrain.distributed import cleanup, init_distributed, is_main, world_size
@@ -84,6 +85,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                             "image, C x H x W values; method 'raw-pixels')")
     group.add_argument("--arch", choices=BACKBONES, default=None,
                        help="expected backbone; detected from the checkpoint when omitted")
+    group.add_argument(TRUST_FLAG, action="store_true",
+                       help="allow a full unpickle of a checkpoint that holds more than tensors and allow-listed "
+                            "types (default: refused); unpickling can run code from the file, so only for files "
+                            "you trust")
+    group.add_argument("--vit-heads", type=int, default=None,
+                       help="attention heads of a ViT (default: from the source format: ViT-S 12 for MoCo v3 and "
+                            "ours, 6 for DINO/timm/solo-learn; ViT-B 12). Needed for a plain ViT-S state dict")
     group.add_argument("--method", default=None,
                        help="method name for the record (default: from the checkpoint, e.g. SNCLR, MoCo v3)")
     group.add_argument("--dataset", choices=("fashion-mnist", "imagefolder"), default="fashion-mnist",
@@ -173,7 +181,9 @@ def random_init_backbone(arch: str | None, image_size: int, seed: int) -> tuple[
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     loaded = LoadedBackbone(state_dict=model.state_dict(), arch=arch, source_format="random-init",
                             sha256=digest.hexdigest(), path=RANDOM_INIT, image_size=image_size,
-                            meta={"method": "random-init", "pretrain_epochs": 0})
+                            meta={"method": "random-init", "pretrain_epochs": 0},
+                            vit_heads=VITS[arch].num_heads if is_vit(arch) else None,
+                            vit_heads_source="our builder" if is_vit(arch) else None)
     return model, dim, loaded
 
 
@@ -231,11 +241,11 @@ class RunContext:
         return f"{self.args.dataset}:{Path(root).resolve()}:{split}:limit={limit}:n={size}"
 
     def identity(self) -> dict[str, Any]:
-        """What a resume state must match: weights, data, input resolution and every run flag that
-        changes the result (seed, validation cadence); the protocol settings are added by the caller."""
-        return {"checkpoint_sha256": self.loaded.sha256, "train_data": self._identity("train"),
-                "val_data": self._identity("val"), **dataclasses.asdict(self.data), "seed": self.args.seed,
-                "eval_every": self.args.eval_every}
+        """What a resume state must match: weights (and a ViT's head count), data, input resolution and
+        every run flag that changes the result (seed, validation cadence); the caller adds the protocol."""
+        return {"checkpoint_sha256": self.loaded.sha256, "vit_heads": self.loaded.vit_heads,
+                "train_data": self._identity("train"), "val_data": self._identity("val"),
+                **dataclasses.asdict(self.data), "seed": self.args.seed, "eval_every": self.args.eval_every}
 
     def eval_transform(self, interpolation: str = "bilinear"):
         transform = eval_transform(self.data.image_size, self.data.crop_ratio)
@@ -262,7 +272,9 @@ class RunContext:
         libraries = self.provenance["libraries"]
         versions = " ".join([f"code={self.provenance['code_version']}",
                              *(f"{name}={libraries[name]}" for name in ("torch", "torchvision", "timm"))])
-        key = FeatureKey(weights_sha256=self.loaded.sha256, arch=self.arch,
+        # The head count is part of the function, not of the weights: it keys the cache too.
+        arch = self.arch if self.loaded.vit_heads is None else f"{self.arch}/{self.loaded.vit_heads}heads"
+        key = FeatureKey(weights_sha256=self.loaded.sha256, arch=arch,
                          transform=transform_description(dataset.transform), dataset=self._identity(split),
                          versions=versions, crop=crop, seed=self.args.seed)
         return cached_features(self.backbone, dataset, key, self.cache_dir, device=self.device,
@@ -284,6 +296,7 @@ class RunContext:
         full_settings = {**settings, **dataclasses.asdict(self.data), "world_size": world_size(),
                          "limit_train": self.args.limit_train, "limit_val": self.args.limit_val,
                          "num_classes": self.num_classes, "source_format": self.loaded.source_format,
+                         "vit_heads": self.loaded.vit_heads, "vit_heads_source": self.loaded.vit_heads_source,
                          "train_size": len(self.train_base), "val_size": len(self.val_base)}
         record = ResultRecord(method=method, backbone=self.arch, dataset=self.dataset_name, protocol=protocol,
                               protocol_id=protocol_id, metrics_final=metrics_final, metrics_best=metrics_best,
@@ -313,11 +326,14 @@ def _build_context(args: argparse.Namespace, name: str, started: float, argv: li
     data, data_deviations = resolve_overrides(DataSettings(), SMALL_SCALE_DATA.get(args.dataset, {}),
                                               {"image_size": args.image_size, "crop_ratio": args.crop_ratio})
     if args.checkpoint == RANDOM_INIT:
+        if args.vit_heads is not None:
+            raise EvalError(f"--vit-heads sets a checkpoint's head count; --checkpoint {RANDOM_INIT} uses our builder's")
         backbone, dim, loaded = random_init_backbone(args.arch, data.image_size, args.seed)
     elif args.checkpoint == RAW_PIXELS:
         backbone, dim, loaded = raw_pixel_backbone(args.arch, data.image_size)
     else:
-        backbone, dim, loaded = build_loaded_backbone(args.checkpoint, args.arch)
+        backbone, dim, loaded = build_loaded_backbone(args.checkpoint, args.arch, trust=args.trust_checkpoint,
+                                                      vit_heads=args.vit_heads)
         if is_vit(loaded.arch) and loaded.image_size != data.image_size:
             raise EvalError(f"{args.checkpoint}: ViT built for {loaded.image_size} px inputs (position embedding), "
                             f"but the evaluation uses --image-size {data.image_size}")

@@ -84,23 +84,38 @@ class LinearClassifier(nn.Module):
         return self.head(self.backbone(images))
 
 
-def check_only_head_missing(classifier: LinearClassifier, backbone_state: dict[str, torch.Tensor]) -> None:
-    """MoCo check 1: loading the backbone weights into the classifier leaves only ``head.*`` missing."""
-    state = {f"backbone.{k}": v for k, v in backbone_state.items()}
-    result = classifier.load_state_dict(state, strict=False)
-    missing = set(result.missing_keys)
-    if missing != {"head.weight", "head.bias"} or result.unexpected_keys:
-        raise ProtocolCheckError(f"after loading, expected only head.weight/head.bias missing; missing "
-                                 f"{sorted(missing)[:5]}, unexpected {result.unexpected_keys[:5]}")
+def check_only_head_missing(classifier: LinearClassifier, checkpoint_state: dict[str, torch.Tensor]) -> None:
+    """MoCo check 1 (main_lincls.py: after loading, exactly the classifier's weight and bias are missing).
+
+    Compared with the truth, the checkpoint file's backbone tensors after the loader's prefix mapping
+    (``LoadedBackbone.state_dict``), not with the backbone's own state: the classifier's backbone must
+    hold each of them, equal, and no other tensor, and its only other tensors are ``head.weight`` and
+    ``head.bias``.
+    """
+    own = classifier.state_dict()
+    mine = {k[len("backbone."):] for k in own if k.startswith("backbone.")}
+    missing = sorted(set(checkpoint_state) - mine)
+    added = sorted(mine - set(checkpoint_state))
+    different = sorted(k for k in mine & set(checkpoint_state)
+                       if not torch.equal(own[f"backbone.{k}"].cpu(), checkpoint_state[k].cpu()))
+    others = sorted(k for k in own if not k.startswith("backbone."))
+    if missing or added or different or others != ["head.bias", "head.weight"]:
+        raise ProtocolCheckError(
+            f"the classifier does not hold the checkpoint's backbone plus a new head: {len(missing)} checkpoint "
+            f"tensor(s) missing (e.g. {missing[:3]}), {len(added)} not from the checkpoint (e.g. {added[:3]}), "
+            f"{len(different)} different (e.g. {different[:3]}); non-backbone tensors {others[:4]}")
 
 
 def check_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> None:
-    """MoCo check 2: every backbone tensor, BN running stats included, equals the loaded one."""
+    """MoCo check 2: every backbone tensor, BN running stats included, equals the checkpoint's, and
+    none was added or removed."""
     current = backbone.state_dict()
-    changed = [k for k, v in reference.items() if k not in current or not torch.equal(current[k].cpu(), v)]
-    if changed or set(current) != set(reference):
-        raise ProtocolCheckError(f"the frozen backbone changed during linear training: {len(changed)} "
-                                 f"tensor(s), e.g. {changed[:5]} (is it in eval mode with gradients off?)")
+    changed = [k for k, v in reference.items() if k in current and not torch.equal(current[k].cpu(), v)]
+    removed, added = sorted(set(reference) - set(current)), sorted(set(current) - set(reference))
+    if changed or removed or added:
+        raise ProtocolCheckError(f"the frozen backbone changed during linear training: {len(changed)} tensor(s) "
+                                 f"changed, e.g. {changed[:5]} (is it in eval mode with gradients off?); "
+                                 f"removed {removed[:3]}, added {added[:3]}")
 
 
 def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
@@ -120,6 +135,7 @@ def _resume_settings(settings: LinearSettings, extra: dict[str, Any]) -> dict[st
 
 
 def linear_probe(backbone: nn.Module, feature_dim: int, train_set: Dataset, val_set: Dataset, *,
+                 checkpoint_state: dict[str, torch.Tensor],
                  num_classes: int, settings: LinearSettings, device: torch.device, out_dir: Path,
                  num_workers: int = 2, eval_batch_size: int = 256, seed: int = 0, resume: bool = True,
                  tensorboard: bool = True, identity: dict[str, Any] | None = None,
@@ -127,6 +143,8 @@ def linear_probe(backbone: nn.Module, feature_dim: int, train_set: Dataset, val_
     """Standard linear probe (MoCo v3 main_lincls.py; see module docstring) -> metrics dict.
 
     ``train_set`` / ``val_set`` carry their transforms (RandomResizedCrop + flip / Resize + CenterCrop).
+    ``checkpoint_state`` is what the checkpoint file holds for the backbone (``LoadedBackbone.state_dict``):
+    MoCo's two checks compare the backbone with it before training and after every epoch.
     ``identity`` (checkpoint sha256, data) is stored with the resume state so a different run refuses
     to continue it. Returns ``{"final", "best", "best_epoch", "history"}`` with top1/top5 in percent.
     """
@@ -134,7 +152,7 @@ def linear_probe(backbone: nn.Module, feature_dim: int, train_set: Dataset, val_
     backbone = backbone.to(device)
     head = new_linear_head(feature_dim, num_classes).to(device)
     classifier = LinearClassifier(backbone, head)
-    reference = {k: v.detach().clone().cpu() for k, v in backbone.state_dict().items()}
+    reference = {k: v.detach().clone().cpu() for k, v in checkpoint_state.items()}
     check_only_head_missing(classifier, reference)
     for param in backbone.parameters():
         param.requires_grad = False
@@ -257,7 +275,8 @@ def main(argv: list[str] | None = None, fast: bool = False) -> None:
                                        eval_every=args.eval_every)
         else:
             result = linear_probe(run.backbone, run.feature_dim, run.train_set(augment=True, min_scale=settings.min_scale),
-                                  run.val_set(), num_classes=run.num_classes, settings=settings,
+                                  run.val_set(), checkpoint_state=run.loaded.state_dict,
+                                  num_classes=run.num_classes, settings=settings,
                                   device=run.device, out_dir=run.out_dir, num_workers=args.num_workers,
                                   eval_batch_size=args.eval_batch_size, seed=args.seed, resume=not args.restart,
                                   tensorboard=not args.no_tensorboard, identity=identity,

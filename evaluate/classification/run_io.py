@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from evaluate.errors import ResumeError
+from pretrain.safe_load import UntrustedFileError, torch_load
 
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,11 @@ def load_resume_state(path: Path, expected: dict[str, Any]) -> dict | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # Read as data only: our own states hold nothing else, so there is no flag to trust one.
+        state = torch_load(path)
+    except UntrustedFileError as error:
+        raise ResumeError(f"{path}: refused to load: it pickles {error.offending}, which could run code (a resume "
+                          "state holds data only); delete it or pass --restart") from None
     except Exception as error:  # noqa: BLE001 - a truncated or foreign file fails in many ways
         raise ResumeError(f"{path}: corrupt resume state ({type(error).__name__}); delete it or pass "
                           "--restart") from None

@@ -14,7 +14,11 @@ tensor count and every dropped key; ``evaluate.detection.launcher`` reads it to 
 detectron2 only logs names it could not match, so a wrong prefix silently gives a randomly
 initialised backbone. ``--verify`` guards against that: it builds the Mask R-CNN of our config,
 loads OUTPUT through detectron2's own checkpointer, and fails unless every ``backbone.bottom_up``
-parameter and buffer was loaded and equals the source tensor.
+parameter and buffer was loaded, and unless that backbone computes what the *source* checkpoint's
+tensors compute in torchvision's ResNet (so a renaming bug in this file cannot check itself). With
+``--verify`` nothing is written under OUTPUT's name until the check passed.
+
+INPUT is read as data only; ``--trust-checkpoint`` allows a full unpickle (see pretrain.safe_load).
 """
 from __future__ import annotations
 
@@ -32,10 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision
+import yaml
 
 from evaluate.loading import BackboneLoadError, load_backbone_state_dict
 from pretrain.provenance import file_sha256
 from pretrain.fileio import atomic_write_bytes
+from pretrain.safe_load import TRUST_FLAG, UntrustedFileError, load_array_pickle
 from evaluate.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -78,13 +85,15 @@ def _detectron2_name(key: str) -> str:
     return f"{prefix}.shortcut.{field}" if layer == "downsample.0" else f"{prefix}.shortcut.norm.{field}"
 
 
-def torchvision_resnet_to_detectron2(state_dict: Mapping[str, torch.Tensor]
+def torchvision_resnet_to_detectron2(state_dict: Mapping[str, torch.Tensor], arch: str
                                      ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Rename a torchvision ResNet state dict to detectron2's names, as float32 numpy arrays.
+    """Rename a torchvision ``arch`` ResNet state dict to detectron2's names, as float32 numpy arrays.
 
     Drops ``fc.*`` (the classifier is replaced by detection heads) and ``num_batches_tracked`` (detectron2's
     norms do not use it). Returns the converted dict and the sorted list of dropped keys; any other
-    name that is not a ResNet tensor raises ConversionError, so nothing is silently left behind.
+    name that is not a ResNet tensor raises ConversionError, so nothing is silently left behind, and
+    so does a tensor count other than ``EXPECTED_TENSORS[arch]`` (a lost tensor, or two names mapped
+    onto one).
     """
     converted: dict[str, np.ndarray] = {}
     dropped: list[str] = []
@@ -93,6 +102,9 @@ def torchvision_resnet_to_detectron2(state_dict: Mapping[str, torch.Tensor]
             dropped.append(key)
             continue
         converted[_detectron2_name(key)] = value.detach().to("cpu", torch.float32).numpy().copy()
+    if len(converted) != EXPECTED_TENSORS.get(arch):
+        raise ConversionError(f"{len(converted)} backbone tensors after conversion, expected exactly "
+                              f"{EXPECTED_TENSORS.get(arch)} for {arch}")
     return converted, sorted(dropped)
 
 
@@ -124,44 +136,68 @@ def write_detectron2_weights(path: str | os.PathLike, model: Mapping[str, np.nda
 
 
 def convert_checkpoint(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
-                       arch: str | None = None) -> tuple[ConversionSummary, dict[str, np.ndarray]]:
-    """Convert one checkpoint; writes OUTPUT and OUTPUT.json and returns the summary and converted arrays."""
-    loaded = load_backbone_state_dict(input_path, arch)
+                       arch: str | None = None, trust: bool = False, verify: bool = False,
+                       config_path: str | os.PathLike = DEFAULT_VERIFY_CONFIG
+                       ) -> tuple[ConversionSummary, dict[str, np.ndarray]]:
+    """Convert one checkpoint; writes OUTPUT and OUTPUT.json and returns the summary and converted arrays.
+
+    With ``verify`` the weights are staged under a temporary name, checked through detectron2
+    (:func:`verify_with_detectron2`) against the source tensors, and only then given OUTPUT's name:
+    a failed check leaves neither OUTPUT nor its sidecar behind.
+    """
+    loaded = load_backbone_state_dict(input_path, arch, trust=trust)
     if loaded.arch not in EXPECTED_TENSORS:
         raise ConversionError(f"{input_path}: backbone {loaded.arch!r} cannot go to detectron2; "
                               f"expected one of {sorted(EXPECTED_TENSORS)}")
-    model, dropped_here = torchvision_resnet_to_detectron2(loaded.state_dict)
-    if len(model) != EXPECTED_TENSORS[loaded.arch]:
-        raise ConversionError(f"{input_path}: {len(model)} backbone tensors after conversion, expected exactly "
-                              f"{EXPECTED_TENSORS[loaded.arch]} for {loaded.arch}")
+    try:
+        model, dropped_here = torchvision_resnet_to_detectron2(loaded.state_dict, loaded.arch)
+    except ConversionError as error:
+        raise ConversionError(f"{input_path}: {error}") from None
     output_path = Path(output_path)
-    # A sidecar left from an earlier conversion must never describe these new weights.
-    sidecar_path_for(output_path).unlink(missing_ok=True)
-    write_detectron2_weights(output_path, model)
-    summary = ConversionSummary(
-        output_path=output_path, sidecar_path=sidecar_path_for(output_path), arch=loaded.arch,
-        source_format=loaded.source_format, source_sha256=loaded.sha256, tensor_count=len(model),
-        dropped_keys=sorted(set(loaded.dropped_keys) | set(dropped_here)), meta=dict(loaded.meta))
-    sidecar = {"format": SIDECAR_FORMAT, "source_path": str(Path(input_path).resolve()),
-               "source_sha256": summary.source_sha256, "source_format": summary.source_format,
-               "weights_sha256": file_sha256(output_path), "arch": summary.arch,
-               "detectron2_resnets": DETECTRON2_RESNETS[summary.arch], "tensor_count": summary.tensor_count,
-               "dropped_keys": summary.dropped_keys, "meta": summary.meta}
-    text = json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write_bytes(summary.sidecar_path, text.encode("utf-8"))
+    sidecar_path = sidecar_path_for(output_path)
+    # An earlier conversion's files must never pass for this one's, even if this one fails.
+    output_path.unlink(missing_ok=True)
+    sidecar_path.unlink(missing_ok=True)
+    # detectron2 reads a file as a pickle only if its name ends in ".pkl".
+    staged = output_path.with_name(f".unverified.{output_path.name}")
+    try:
+        write_detectron2_weights(staged, model)
+        if verify:
+            verify_with_detectron2(staged, loaded.state_dict, loaded.arch, config_path)
+        summary = ConversionSummary(
+            output_path=output_path, sidecar_path=sidecar_path, arch=loaded.arch,
+            source_format=loaded.source_format, source_sha256=loaded.sha256, tensor_count=len(model),
+            dropped_keys=sorted(set(loaded.dropped_keys) | set(dropped_here)), meta=dict(loaded.meta))
+        sidecar = {"format": SIDECAR_FORMAT, "source_path": str(Path(input_path).resolve()),
+                   "source_sha256": summary.source_sha256, "source_format": summary.source_format,
+                   "weights_sha256": file_sha256(staged), "arch": summary.arch,
+                   "detectron2_resnets": DETECTRON2_RESNETS[summary.arch], "tensor_count": summary.tensor_count,
+                   "dropped_keys": summary.dropped_keys, "meta": summary.meta, "verified": verify}
+        text = json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n"
+        # Sidecar first: a crash between the two renames leaves a sidecar without weights, never
+        # weights that look converted and are not described.
+        atomic_write_bytes(sidecar_path, text.encode("utf-8"))
+        os.replace(staged, output_path)
+    finally:
+        staged.unlink(missing_ok=True)
     log.info("wrote %s (%d tensors, %s from %s) and %s", output_path, summary.tensor_count, summary.arch,
              summary.source_format, summary.sidecar_path)
     return summary, model
 
 
-def verify_with_detectron2(weights_path: str | os.PathLike, expected: Mapping[str, np.ndarray], arch: str,
+def verify_with_detectron2(weights_path: str | os.PathLike, source: Mapping[str, torch.Tensor], arch: str,
                            config_path: str | os.PathLike = DEFAULT_VERIFY_CONFIG) -> int:
-    """Load ``weights_path`` into the Mask R-CNN of ``config_path`` through detectron2's checkpointer.
+    """Load ``weights_path`` into the Mask R-CNN of ``config_path`` through detectron2's checkpointer,
+    and check the backbone detectron2 ends up with against ``source``: the torchvision-named backbone
+    tensors of the source checkpoint (``load_backbone_state_dict``'s output, not this module's).
 
-    Every ``backbone.bottom_up`` parameter and buffer is first set to NaN, so one that detectron2 did not
-    load (it only logs such names) stays NaN and fails the exact comparison with ``expected`` (the
-    converted source tensors, keyed by detectron2 name). ``num_batches_tracked`` is excluded: the source
-    drops it on purpose. Returns the number of tensors checked; raises ConversionError otherwise.
+    Two checks. (1) Every ``backbone.bottom_up`` parameter and buffer is first set to NaN, so one that
+    detectron2 did not load (it only logs such names) stays NaN; each must equal the weight file.
+    (2) The names cannot be compared with the source without this module's renaming, which is what is
+    under test, so the comparison is by function: torchvision's ResNet holding ``source`` and
+    detectron2's backbone must give the same res2..res5 features on a fixed input (a swapped block, a
+    swapped BN statistic or a stride moved into the 1x1 conv all change them). Returns the number of
+    tensors checked; raises ConversionError otherwise.
     """
     from evaluate.detection.d2_compat import import_detectron2
     import_detectron2()
@@ -172,7 +208,10 @@ def verify_with_detectron2(weights_path: str | os.PathLike, expected: Mapping[st
     if arch not in DETECTRON2_RESNETS:
         raise ConversionError(f"--arch {arch!r} has no detectron2 ResNet; expected one of {sorted(DETECTRON2_RESNETS)}")
     cfg = get_cfg()
-    cfg.merge_from_file(str(config_path))
+    try:
+        cfg.merge_from_file(str(config_path), allow_unsafe=False)
+    except yaml.YAMLError as error:
+        raise ConversionError(f"{config_path}: not a plain YAML config ({str(error).splitlines()[0]})") from None
     cfg.MODEL.DEVICE = "cpu"
     # Names are identical for BN, SyncBN and FrozenBN; plain BN builds without a process group.
     cfg.MODEL.RESNETS.NORM = "BN"
@@ -197,9 +236,50 @@ def verify_with_detectron2(weights_path: str | os.PathLike, expected: Mapping[st
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
-    checked = check_bottom_up(bottom_up.state_dict(), expected, str(weights_path))
-    log.info("verified through detectron2: all %d backbone.bottom_up tensors loaded and equal", checked)
+    checked = check_bottom_up(bottom_up.state_dict(), read_detectron2_weights(weights_path), str(weights_path))
+    check_same_function(bottom_up, source, arch, str(weights_path))
+    log.info("verified through detectron2: all %d backbone.bottom_up tensors loaded, and the backbone computes "
+             "what the source checkpoint's tensors compute", checked)
     return checked
+
+
+# Largest |detectron2 - torchvision| / max |torchvision| accepted per stage: float32 rounding of the
+# same convolutions is ~1e-6; any wrong tensor gives O(1).
+_FUNCTION_TOLERANCE = 1e-4
+
+
+def check_same_function(bottom_up: torch.nn.Module, source: Mapping[str, torch.Tensor], arch: str,
+                        where: str) -> None:
+    """Require detectron2's ResNet ``bottom_up`` to compute torchvision's ``arch`` holding ``source``.
+
+    Both run in eval mode (BN from its running statistics) on one fixed random batch; the outputs
+    of torchvision's layer1..layer4 must match detectron2's res2..res5.
+    """
+    reference = getattr(torchvision.models, arch)(weights=None)
+    result = reference.load_state_dict(dict(source), strict=False)
+    if set(result.missing_keys) - {"fc.weight", "fc.bias"} or result.unexpected_keys:
+        raise ConversionError(f"{where}: source tensors do not form a torchvision {arch} (missing "
+                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    was_training = bottom_up.training
+    bottom_up.eval()
+    reference.eval()
+    with torch.no_grad():
+        features = bottom_up(images)
+        x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))
+        differing = []
+        for stage in range(1, 5):
+            x = getattr(reference, f"layer{stage}")(x)
+            name = f"res{stage + 1}"
+            if name not in features:
+                raise ConversionError(f"{where}: detectron2's backbone gives no {name} output to compare")
+            error = ((features[name] - x).abs().max() / x.abs().max().clamp_min(1e-12)).item()
+            if not error <= _FUNCTION_TOLERANCE:  # NaN fails too
+                differing.append(f"{name} vs layer{stage}: relative difference {error:.3g}")
+    bottom_up.train(was_training)
+    if differing:
+        raise ConversionError(f"{where}: detectron2's backbone does not compute the source checkpoint's ResNet: "
+                              + "; ".join(differing))
 
 
 def check_bottom_up(state: Mapping[str, torch.Tensor], expected: Mapping[str, np.ndarray], where: str) -> int:
@@ -233,10 +313,14 @@ def check_bottom_up(state: Mapping[str, torch.Tensor], expected: Mapping[str, np
     return checked
 
 
-def read_detectron2_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The ``model`` dict of a weight pickle written by write_detectron2_weights."""
-    with open(path, "rb") as handle:
-        payload = pickle.load(handle)
+def read_detectron2_weights(path: str | os.PathLike, *, trust: bool = False) -> dict[str, np.ndarray]:
+    """The ``model`` dict of a weight pickle written by write_detectron2_weights, read as data only."""
+    try:
+        payload = load_array_pickle(path, trust=trust)
+    except UntrustedFileError as error:
+        raise ConversionError(str(error)) from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise ConversionError(f"{path}: not a readable weight pickle ({type(error).__name__}: {error})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise ConversionError(f"{path}: not a detectron2 weight pickle (no 'model' dict)")
     return payload["model"]
@@ -256,12 +340,14 @@ def main(argv: list[str] | None = None) -> None:
                              "was loaded and equals the source (needs detectron2)")
     parser.add_argument("--config-file", default=str(DEFAULT_VERIFY_CONFIG),
                         help="detectron2 config that --verify builds (default: %(default)s)")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="allow INPUT to be fully unpickled if it holds more than tensors and allow-listed "
+                             "types; unpickling can run code from the file, so only for files you trust")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary, model = convert_checkpoint(args.input, args.output, arch=args.arch)
-        if args.verify:
-            verify_with_detectron2(summary.output_path, model, summary.arch, args.config_file)
+        summary, _ = convert_checkpoint(args.input, args.output, arch=args.arch, trust=args.trust_checkpoint,
+                                        verify=args.verify, config_path=args.config_file)
     except (BackboneLoadError, ConversionError, ImportError, OSError) as error:
         raise SystemExit(f"error: {str(error).splitlines()[0]}") from None
     verified = ", verified through detectron2" if args.verify else ""

@@ -35,12 +35,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from evaluate.detection.convert import (DETECTRON2_RESNETS, SIDECAR_FORMAT, ConversionError, check_bottom_up,
                                             read_detectron2_weights, sidecar_path_for)
 from evaluate.detection.d2_compat import Detectron2Unavailable, import_detectron2
 from evaluate.report.records import ResultRecord, run_provenance, write_record
 from pretrain.provenance import file_sha256
 from pretrain.fileio import atomic_write_text
+from pretrain.safe_load import TRUST_FLAG, UntrustedFileError, load_array_pickle, torch_load
 from evaluate.errors import DetectionError
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class DetectionRun:
     dist_url: str = "auto"
     seed: int = 0
     argv: list[str] = dataclasses.field(default_factory=list)  # the command line, for the record's provenance
+    trust_checkpoint: bool = False
 
     @property
     def world_size(self) -> int:
@@ -199,6 +203,22 @@ def read_sidecar(weights: Path) -> dict[str, Any]:
     return sidecar
 
 
+def check_weights_are_data(weights: Path, trust: bool) -> None:
+    """Read ``--weights`` as data before detectron2 does: its checkpointer unpickles a ``.pkl`` in
+    full (``pickle.load``), where a hostile file runs code. Other files get torch's data-only reader,
+    as fvcore's ``torch.load`` does by default from torch 2.6 on."""
+    try:
+        if weights.suffix == ".pkl":
+            load_array_pickle(weights, trust=trust)
+        else:
+            torch_load(weights, trust=trust)
+    except UntrustedFileError as error:
+        raise DetectionError(f"--weights {error}") from None
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (EOFError, UnpicklingError, ...)
+        raise DetectionError(f"--weights {weights}: not a readable weight file ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:120] if str(error) else ''})") from None
+
+
 def build_config(run: DetectionRun, sidecar: dict[str, Any]) -> tuple[Any, list[str], bool]:
     """Resolve the detectron2 config of ``run``; returns (frozen cfg, deviations, syncbn_replaced)."""
     from detectron2.config import get_cfg
@@ -207,11 +227,13 @@ def build_config(run: DetectionRun, sidecar: dict[str, Any]) -> tuple[Any, list[
         raise DetectionError(f"--config-file {run.config_file} does not exist")
     if not run.weights.is_file():
         raise DetectionError(f"--weights {run.weights} does not exist")
+    check_weights_are_data(run.weights, run.trust_checkpoint)
     cfg = get_cfg()
     try:
-        cfg.merge_from_file(str(run.config_file))
+        # detectron2 defaults to allow_unsafe=True, under which a YAML tag can run code.
+        cfg.merge_from_file(str(run.config_file), allow_unsafe=False)
         cfg.merge_from_list(list(run.opts))
-    except (KeyError, ValueError, AssertionError) as error:
+    except (KeyError, ValueError, AssertionError, yaml.YAMLError) as error:
         raise DetectionError(f"{run.config_file} / overrides {run.opts}: {str(error).splitlines()[0]}") from None
     cfg.MODEL.WEIGHTS = str(run.weights)
     cfg.OUTPUT_DIR = str(run.output_dir)
@@ -345,7 +367,7 @@ def _write_resolved_config(cfg: Any, output_dir: Path) -> Path:
     return atomic_write_text(output_dir / "config.yaml", cfg.dump())
 
 
-def _check_initial_backbone(model: Any, weights: Path, sidecar: dict[str, Any]) -> None:
+def _check_initial_backbone(model: Any, weights: Path, sidecar: dict[str, Any], trust: bool) -> None:
     """Fail unless the backbone detectron2 just initialised equals our converted weights.
 
     detectron2 matches names by suffix and only logs the ones it cannot match, so a wrong prefix
@@ -357,7 +379,7 @@ def _check_initial_backbone(model: Any, weights: Path, sidecar: dict[str, Any]) 
         return
     bottom_up = getattr(model, "module", model).backbone.bottom_up  # DDP wraps the model with several processes
     try:
-        checked = check_bottom_up(bottom_up.state_dict(), read_detectron2_weights(weights), str(weights))
+        checked = check_bottom_up(bottom_up.state_dict(), read_detectron2_weights(weights, trust=trust), str(weights))
     except ConversionError as error:
         raise DetectionError(str(error)) from None
     log.info("initial backbone check: all %d backbone.bottom_up tensors equal %s", checked, weights)
@@ -421,7 +443,7 @@ def train_and_evaluate(run: DetectionRun) -> ResultRecord | None:
         trainer = trainer_class(cfg)
         trainer.resume_or_load(resume=run.resume)
         if trainer.start_iter == 0:
-            _check_initial_backbone(trainer.model, run.weights, sidecar)
+            _check_initial_backbone(trainer.model, run.weights, sidecar, run.trust_checkpoint)
         trainer.train()
         model = trainer.model
     with torch.no_grad():
@@ -487,6 +509,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="URL of rank 0 for the process group, e.g. tcp://10.0.0.1:29500 (default: auto, one "
                              "machine only)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="allow --weights to be fully unpickled if it holds more than numpy arrays/tensors "
+                             "and plain containers; unpickling can run code, so only for files you trust")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
@@ -498,7 +523,8 @@ def main(argv: list[str] | None = None) -> None:
                        output_dir=args.output_dir, records=args.records, dataset=args.dataset, method=args.method,
                        opts=list(args.opts), resume=args.resume, eval_only=args.eval_only, num_gpus=args.num_gpus,
                        num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
-                       seed=args.seed, argv=list(sys.argv[1:] if argv is None else argv))
+                       seed=args.seed, trust_checkpoint=args.trust_checkpoint,
+                       argv=list(sys.argv[1:] if argv is None else argv))
     try:
         record = run_detection(run)
     except (DetectionError, Detectron2Unavailable, OSError) as error:

@@ -6,13 +6,15 @@ that project names it, with its projector / predictor / head / queue beside the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from evaluate.loading import (BackboneLoadError, build_loaded_backbone, detect_arch,
-                                       load_backbone_state_dict)
+from evaluate.loading import (BackboneLoadError, build_loaded_backbone, build_model, detect_arch,
+                              load_backbone_state_dict)
 from pretrain.backbones import build_backbone
 
 
@@ -79,7 +81,8 @@ def test_snclr_checkpoint_from_the_real_model(tmp_path):
 def test_mocov3_resnet(tmp_path, r18):
     # MoCo v3 keeps its projector inside base_encoder.fc and a momentum copy beside it.
     state = {**prefixed(r18, "module.base_encoder."), **mlp_state("module.base_encoder.fc."),
-             **prefixed(r18, "module.momentum_encoder."), **mlp_state("module.predictor.", (16, 64, 16))}
+             **prefixed(backbone_state("resnet18", seed=1), "module.momentum_encoder."),
+             **mlp_state("module.predictor.", (16, 64, 16))}
     torch.save({"epoch": 100, "arch": "resnet18", "state_dict": state, "optimizer": {}}, tmp_path / "m.pth.tar")
     loaded = load_backbone_state_dict(tmp_path / "m.pth.tar")
     assert (loaded.arch, loaded.source_format, loaded.meta["pretrain_epochs"]) == ("resnet18", "mocov3", 100)
@@ -97,8 +100,11 @@ def test_mocov3_vit_drops_the_head_projector(tmp_path):
 
 
 def test_mocov2_with_queue_and_key_encoder(tmp_path, r18):
+    """The key encoder gets other tensors (another seed), so loading encoder_k instead of encoder_q
+    fails the comparison. Break tried: prefix "module.encoder_k." for mocov2 -> this test fails."""
+    key_encoder = backbone_state("resnet18", seed=1)
     state = {**prefixed(r18, "module.encoder_q."), **mlp_state("module.encoder_q.fc.", (512, 512, 128)),
-             **prefixed(r18, "module.encoder_k."), "module.queue": torch.randn(128, 4096),
+             **prefixed(key_encoder, "module.encoder_k."), "module.queue": torch.randn(128, 4096),
              "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
     torch.save({"epoch": 200, "arch": "resnet18", "state_dict": state}, tmp_path / "v2.pth.tar")
     loaded = load_backbone_state_dict(tmp_path / "v2.pth.tar")
@@ -111,7 +117,7 @@ def test_mocov2_with_queue_and_key_encoder(tmp_path, r18):
 def test_dino_teacher_with_pickled_args(tmp_path, prefix):
     teacher = backbone_state("vit_tiny", seed=1, image_size=32)
     student = backbone_state("vit_tiny", seed=2, image_size=32)
-    # DINO pickles its argparse.Namespace: the loader must fall back to a full unpickle.
+    # DINO pickles its argparse.Namespace: allow-listed, so the data-only reader takes it.
     torch.save({"teacher": {**prefixed(teacher, prefix), **mlp_state("head.mlp.", (192, 32, 8))},
                 "student": {**prefixed(student, prefix), **mlp_state("head.mlp.", (192, 32, 8))},
                 "epoch": 100, "args": argparse.Namespace(arch="vit_tiny")}, tmp_path / "dino.pth")
@@ -209,3 +215,216 @@ def test_state_dict_without_a_backbone_is_refused(tmp_path):
 def test_detect_arch_for_every_resnet_depth():
     for arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
         assert detect_arch(build_backbone(arch)[0].state_dict()) == (arch, 224)
+
+
+# --- the trust boundary ---------------------------------------------------------------------------
+
+def _real_layouts(r18: dict, vit: dict) -> dict[str, object]:
+    """Each source's file with the non-tensor types it pickles (argparse.Namespace, numpy scalars,
+    arrays and dtypes, plain containers), as written by the projects' own training scripts."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9).state_dict()
+    dino_args = argparse.Namespace(arch="vit_tiny", patch_size=16, out_dim=65536, norm_last_layer=True,
+                                   momentum_teacher=0.996, use_bn_in_head=False, teacher_temp=0.04, lr=0.0005,
+                                   global_crops_scale=(0.4, 1.0), local_crops_number=8, output_dir=".", seed=0)
+    return {
+        # MoCo v1/v2 main_moco.py save_checkpoint
+        "mocov2": {"epoch": 200, "arch": "resnet18", "state_dict": prefixed(r18, "module.encoder_q."),
+                   "optimizer": optimizer},
+        # MoCo v3 main_moco.py, with its GradScaler state
+        "mocov3": {"epoch": 100, "arch": "resnet18", "state_dict": prefixed(r18, "module.base_encoder."),
+                   "optimizer": optimizer, "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                                      "growth_interval": 2000, "_growth_tracker": 17}},
+        # DINO main_dino.py: args is an argparse.Namespace, dino_loss its center buffer
+        "dino": {"student": prefixed(vit, "module.backbone."), "teacher": prefixed(vit, "backbone."),
+                 "optimizer": optimizer, "epoch": 100, "args": dino_args, "fp16_scaler": None,
+                 "dino_loss": {"center": torch.zeros(1, 8)}},
+        # solo-learn: a Lightning checkpoint with callback states
+        "solo-learn": {"epoch": 399, "global_step": 1000, "pytorch-lightning_version": "2.0.2",
+                       "state_dict": prefixed(r18, "backbone."), "optimizer_states": [optimizer],
+                       "lr_schedulers": [{"base_lrs": [0.3], "last_epoch": 399, "_step_count": 400}],
+                       "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": None,
+                                                                          "dirpath": "trained_models"}},
+                       "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 399}}}}},
+        # mmselfsup (mmcv runner): meta with numpy values from the logger and the dataset
+        "mmselfsup": {"meta": {"mmcv_version": "1.4.2", "epoch": 200, "iter": 100000, "seed": np.int64(0),
+                               "hook_msgs": {"best_score": np.float64(67.1)},
+                               "class_weights": np.ones(3, dtype=np.float32), "dtype": np.dtype("float32")},
+                      "state_dict": prefixed(r18, "backbone."), "optimizer": optimizer},
+        # torchvision: a plain state dict
+        "torchvision": dict(r18),
+        # timm train.py checkpoint: args Namespace and a numpy metric
+        "timm": {"epoch": 299, "arch": "vit_tiny", "state_dict": dict(vit), "optimizer": optimizer, "version": 2,
+                 "args": argparse.Namespace(model="vit_tiny", lr=5e-4, drop_path=0.1), "metric": np.float64(72.2)},
+    }
+
+
+@pytest.mark.parametrize("fmt", ["mocov2", "mocov3", "dino", "solo-learn", "mmselfsup", "torchvision", "timm"])
+def test_every_real_layout_loads_as_data(tmp_path, r18, fmt):
+    vit = backbone_state("vit_tiny", image_size=32)
+    path = tmp_path / f"{fmt}.pth"
+    torch.save(_real_layouts(r18, vit)[fmt], path)
+    loaded = load_backbone_state_dict(path)  # no --trust-checkpoint: only tensors and allow-listed types
+    assert loaded.source_format == fmt
+    assert_same_backbone(loaded, vit if fmt in ("dino", "timm") else r18)
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_code_in_a_checkpoint_never_runs(tmp_path, r18, hidden):
+    """A pickle that runs code, bare or beside a real MoCo v3 state dict, is refused naming the type and
+    --trust-checkpoint. Break tried: the old fallback to weights_only=False -> the marker file appears."""
+    from untrusted_pickles import OFFENDING, WritesMarker, hidden_in
+
+    marker = tmp_path / "ran"
+    real = {"epoch": 100, "state_dict": prefixed(r18, "module.base_encoder.")}
+    torch.save(hidden_in(real, marker) if hidden else WritesMarker(marker), tmp_path / "m.pth")
+    with pytest.raises(BackboneLoadError, match=f"{OFFENDING}.*--trust-checkpoint"):
+        load_backbone_state_dict(tmp_path / "m.pth")
+    with pytest.raises(BackboneLoadError, match="--trust-checkpoint"):
+        build_loaded_backbone(tmp_path / "m.pth")
+    assert not marker.exists()
+    if hidden:  # the flag is the one way through, and then the payload does run: the marker is a real probe
+        loaded = load_backbone_state_dict(tmp_path / "m.pth", trust=True)
+        assert marker.exists() and loaded.source_format == "mocov3"
+
+
+def test_resume_state_with_code_is_refused(tmp_path):
+    from evaluate.classification.run_io import load_resume_state
+    from evaluate.errors import ResumeError
+    from untrusted_pickles import OFFENDING, hidden_in
+
+    marker = tmp_path / "ran"
+    settings = {"epochs": 2, "checkpoint_sha256": "ab"}
+    good = {"epoch": 1, "model": nn.Linear(2, 2).state_dict(), "optimizer": {}, "history": [{"top1": 50.0}],
+            "settings": settings}
+    torch.save(good, tmp_path / "linear_state.pt")
+    assert load_resume_state(tmp_path / "linear_state.pt", settings)["epoch"] == 1
+    torch.save(hidden_in(good, marker), tmp_path / "linear_state.pt")
+    with pytest.raises(ResumeError, match=f"linear_state.pt.*{OFFENDING}"):
+        load_resume_state(tmp_path / "linear_state.pt", settings)
+    assert not marker.exists()
+
+
+# --- ViT head counts: the same tensors must give the source's function ----------------------------
+
+def _timm_vit(name: str, seed: int, **kwargs) -> nn.Module:
+    """timm's model with random weights and q/k scaled up, so attention is peaked: with near-uniform
+    attention a wrong head count changes the features too little to see."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, img_size=32, **kwargs).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            dim = block.attn.qkv.in_features
+            block.attn.qkv.weight[:2 * dim] *= 8.0
+    return model
+
+
+def _timm_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+def _backbone_tensors(model: nn.Module) -> dict:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+
+
+@pytest.fixture(scope="module")
+def timm_vit_small() -> nn.Module:
+    return _timm_vit("vit_small_patch16_224", seed=0)
+
+
+@pytest.mark.parametrize("fmt,heads", [("dino", 6), ("solo-learn", 6), ("timm-flag", 6), ("mocov3", 12)])
+def test_vit_small_gets_its_sources_head_count(tmp_path, timm_vit_small, fmt, heads):
+    """Break tried: building every ViT-S with MoCo v3's 12 heads (the old loader) -> DINO, solo-learn and
+    a --vit-heads 6 plain state dict give other features than timm's 6-head ViT-S and this test fails."""
+    reference = timm_vit_small if heads == 6 else _timm_vit("vit_small_patch16_224", seed=0, num_heads=12)
+    state = _backbone_tensors(reference)
+    obj = {"dino": {"teacher": prefixed(state, "backbone."), "args": argparse.Namespace(arch="vit_small")},
+           "solo-learn": {"state_dict": prefixed(state, "backbone.")},
+           "timm-flag": state,
+           "mocov3": {"state_dict": prefixed(state, "module.base_encoder.")}}[fmt]
+    torch.save(obj, tmp_path / "vit.pth")
+    model, _, loaded = build_loaded_backbone(tmp_path / "vit.pth", vit_heads=6 if fmt == "timm-flag" else None)
+    assert (loaded.arch, loaded.vit_heads, loaded.image_size) == ("vit_small", heads, 32)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = _timm_features(reference, images)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(images), expected, atol=1e-4, rtol=1e-4)
+        # the test can tell: the same tensors with the other head count give other features
+        other, _ = build_model(dataclasses.replace(loaded, vit_heads=18 - heads))
+        other.load_state_dict(loaded.state_dict)
+        assert (other.eval()(images) - expected).abs().max() > 0.1
+
+
+def test_dino_head_count_comes_from_its_stored_args(tmp_path, timm_vit_small):
+    state = _backbone_tensors(timm_vit_small)
+    torch.save({"teacher": prefixed(state, "backbone."), "args": argparse.Namespace(arch="vit_small")},
+               tmp_path / "dino.pth")
+    loaded = load_backbone_state_dict(tmp_path / "dino.pth")
+    assert (loaded.vit_heads, loaded.vit_heads_source) == (6, "DINO args.arch")
+    torch.save({"teacher": prefixed(state, "backbone."), "args": argparse.Namespace(arch="vit_base")},
+               tmp_path / "dino.pth")
+    with pytest.raises(BackboneLoadError, match="DINO args.arch is 'vit_base' but the tensors are a vit_small"):
+        load_backbone_state_dict(tmp_path / "dino.pth")
+
+
+def test_plain_vit_small_needs_vit_heads(tmp_path, timm_vit_small):
+    torch.save(_backbone_tensors(timm_vit_small), tmp_path / "vit.pth")
+    with pytest.raises(BackboneLoadError, match="does not say its head count; pass --vit-heads 6"):
+        load_backbone_state_dict(tmp_path / "vit.pth")
+    with pytest.raises(BackboneLoadError, match="--vit-heads 5 does not divide the vit_small embedding width 384"):
+        load_backbone_state_dict(tmp_path / "vit.pth", vit_heads=5)
+    loaded = load_backbone_state_dict(tmp_path / "vit.pth", vit_heads=12)  # the flag wins over every source
+    assert (loaded.vit_heads, loaded.vit_heads_source) == (12, "--vit-heads")
+
+
+def test_vit_heads_is_refused_for_a_resnet(tmp_path, r18):
+    torch.save(r18, tmp_path / "r18.pth")
+    with pytest.raises(BackboneLoadError, match="--vit-heads applies to ViT backbones, this one is a resnet18"):
+        load_backbone_state_dict(tmp_path / "r18.pth", vit_heads=6)
+    assert load_backbone_state_dict(tmp_path / "r18.pth").vit_heads is None
+
+
+def test_vit_base_has_12_heads_in_every_source(tmp_path):
+    reference = _timm_vit("vit_base_patch16_224", seed=2)
+    torch.save(_backbone_tensors(reference), tmp_path / "vitb.pth")
+    model, dim, loaded = build_loaded_backbone(tmp_path / "vitb.pth")
+    assert (loaded.arch, loaded.vit_heads, dim) == ("vit_base", 12, 768)
+    images = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(images), _timm_features(reference, images), atol=1e-4, rtol=1e-4)
+
+
+# --- the evaluator CLIs --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("subcommand", ["linear", "linear-fast", "knn", "semisup"])
+def test_every_evaluator_refuses_a_checkpoint_that_runs_code(tmp_path, r18, subcommand):
+    """The refusal reaches the user as one line naming the type and the flag; the marker proves nothing ran."""
+    from evaluate.__main__ import main as evaluate_main
+    from untrusted_pickles import hidden_in
+
+    marker = tmp_path / "ran"
+    torch.save(hidden_in({"state_dict": prefixed(r18, "module.encoder_q.")}, marker), tmp_path / "m.pth")
+    extra = ["--percent", "1"] if subcommand == "semisup" else []
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([subcommand, "--checkpoint", str(tmp_path / "m.pth"), "--out-dir", str(tmp_path / "run"),
+                       "--num-workers", "0", "--no-tensorboard", *extra])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "--trust-checkpoint" in message, message
+    assert "exec" in message and not marker.exists()
+
+
+def test_cli_records_the_head_count_and_takes_vit_heads(tmp_path):
+    """--vit-heads reaches the loader, and the record says which head count was used and why."""
+    from evaluate.__main__ import main as evaluate_main
+    from evaluate.report.records import read_records
+    from conftest import write_image_tree
+
+    data = write_image_tree(tmp_path / "data", classes=("a", "b"), per_class=4)
+    torch.save(backbone_state("vit_tiny", image_size=32), tmp_path / "vit.pth")
+    evaluate_main(["knn", "--checkpoint", str(tmp_path / "vit.pth"), "--vit-heads", "6", "--dataset", "imagefolder",
+                   "--data-dir", str(data), "--image-size", "32", "--k", "2", "--out-dir", str(tmp_path / "run"),
+                   "--num-workers", "0", "--no-tensorboard"])
+    [record] = read_records(tmp_path / "run" / "results.jsonl")
+    assert (record.settings["vit_heads"], record.settings["vit_heads_source"]) == (6, "--vit-heads")

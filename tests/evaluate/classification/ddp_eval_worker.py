@@ -37,7 +37,7 @@ def main(out: Path) -> None:
     fixed = evaluate_classifier(classifier, sharded_eval_loader(val, 5, 0), device, ks=(1, 2))
 
     settings = LinearSettings(epochs=3, batch_size=10, base_lr=25.6)
-    standard = linear_probe(backbone, 8, train, val, num_classes=3, settings=settings, device=device,
+    standard = linear_probe(backbone, 8, train, val, checkpoint_state=backbone.state_dict(), num_classes=3, settings=settings, device=device,
                             out_dir=out / f"standard_w{world_size()}", num_workers=0, eval_batch_size=6,
                             tensorboard=False)
     head = torch.load(out / f"standard_w{world_size()}" / "linear_state.pt", weights_only=False)["model"]

@@ -81,8 +81,9 @@ def test_linear_probe_learns_and_keeps_the_backbone_frozen(tmp_path):
     backbone = TinyBackbone()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     settings = LinearSettings(epochs=8, batch_size=16, base_lr=8.0)
-    result = linear_probe(backbone, 8, colour_blobs(96), colour_blobs(48, seed=1), num_classes=3,
-                          settings=settings, device=CPU, out_dir=tmp_path, num_workers=0, tensorboard=False)
+    result = linear_probe(backbone, 8, colour_blobs(96), colour_blobs(48, seed=1), checkpoint_state=before,
+                          num_classes=3, settings=settings, device=CPU, out_dir=tmp_path, num_workers=0,
+                          tensorboard=False)
     assert result["final"]["top1"] > 80.0  # chance is 33%
     assert result["best"]["top1"] >= result["final"]["top1"]
     assert list(result["final"]) == ["top1"]  # 3 classes: top-5 would be trivially 100%
@@ -90,6 +91,72 @@ def test_linear_probe_learns_and_keeps_the_backbone_frozen(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "linear_metrics.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in lines] == list(range(1, 9))
     assert lines[0]["lr"] == pytest.approx(8.0 * 16 / 256)  # cosine starts at the scaled lr
+
+
+def test_check_one_compares_with_the_checkpoint_file_not_the_backbone_itself():
+    """Break tried: check 1 loading the backbone's own state back into itself (the old check) -> the
+    corrupted, added and missing checkpoint tensors below all pass and this test fails."""
+    backbone = TinyBackbone()
+    classifier = LinearClassifier(backbone, new_linear_head(8, 3))
+    checkpoint = {k: v.clone() for k, v in backbone.state_dict().items()}
+    check_only_head_missing(classifier, checkpoint)
+    corrupt = {**checkpoint, "conv.weight": checkpoint["conv.weight"].clone()}
+    corrupt["conv.weight"][0, 0, 0, 0] += 1e-3
+    with pytest.raises(ProtocolCheckError, match=r"1 different \(e\.g\. \['conv\.weight'\]\)"):
+        check_only_head_missing(classifier, corrupt)
+    with pytest.raises(ProtocolCheckError, match=r"1 checkpoint tensor\(s\) missing \(e\.g\. \['proj\.weight'\]\)"):
+        check_only_head_missing(classifier, {**checkpoint, "proj.weight": torch.zeros(2)})
+
+
+def test_unchanged_check_refuses_added_and_removed_tensors():
+    backbone = TinyBackbone()
+    reference = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(ProtocolCheckError, match=r"removed \['extra'\]"):
+        check_backbone_unchanged(backbone, {**reference, "extra": torch.zeros(1)})
+    backbone.register_buffer("added", torch.zeros(1))
+    with pytest.raises(ProtocolCheckError, match=r"added \['added'\]"):
+        check_backbone_unchanged(backbone, reference)
+
+
+def _probe(backbone, checkpoint, out_dir, epochs=2):
+    return linear_probe(backbone, 8, colour_blobs(32), colour_blobs(12, seed=1), checkpoint_state=checkpoint,
+                        num_classes=3, settings=LinearSettings(epochs=epochs, batch_size=16, base_lr=1.0),
+                        device=CPU, out_dir=out_dir, num_workers=0, tensorboard=False)
+
+
+@pytest.mark.parametrize("broken", ["missing tensor", "corrupt tensor"])
+def test_linear_probe_stops_on_a_checkpoint_that_breaks_check_one(tmp_path, broken):
+    """End to end: linear_probe with a checkpoint whose backbone the classifier does not hold stops
+    before training. Break tried: the check_only_head_missing call deleted from linear_probe -> the
+    probe trains and this test fails."""
+    backbone = TinyBackbone()
+    checkpoint = {k: v.clone() for k, v in backbone.state_dict().items()}
+    if broken == "missing tensor":
+        del checkpoint["bn.running_var"]
+    else:
+        checkpoint["bn.running_mean"] += 0.5
+    # check 2 would also object after the first epoch; the run must stop at check 1, before training
+    with pytest.raises(ProtocolCheckError, match="does not hold the checkpoint's backbone.*bn.running_"):
+        _probe(backbone, checkpoint, tmp_path)
+    assert not (tmp_path / "linear_state.pt").exists()
+
+
+class StuckInTrainMode(TinyBackbone):
+    """A backbone that ignores eval(): its BN keeps updating running statistics (a real bug pattern)."""
+
+    def train(self, mode: bool = True):
+        return super().train(True)
+
+
+def test_linear_probe_stops_when_the_backbone_changes_during_training(tmp_path):
+    """End to end: BN statistics that move during the probe stop the run after the first epoch.
+    Break tried: the check_backbone_unchanged call deleted from linear_probe -> both epochs run and
+    this test fails."""
+    backbone = StuckInTrainMode()
+    checkpoint = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(ProtocolCheckError, match=r"changed during linear training.*bn\.running_mean"):
+        _probe(backbone, checkpoint, tmp_path)
+    assert not (tmp_path / "linear_state.pt").exists()  # stopped before epoch 1 was saved
 
 
 def _fast_inputs():
@@ -127,7 +194,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b", **kwargs)
     monkeypatch.setattr(MetricsLog, "write", original)
-    assert torch.load(tmp_path / "b" / "linear_fast_state.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "b" / "linear_fast_state.pt", weights_only=True)["epoch"] == 2
     resumed = linear_probe_fast(train, train_labels, val, val_labels, out_dir=tmp_path / "b", **kwargs)
     assert resumed["final"] == straight["final"]
     assert [h["val_top1"] for h in resumed["history"]] == [h["val_top1"] for h in straight["history"]]

@@ -89,7 +89,7 @@ def _wrap(fmt: str, state: dict[str, torch.Tensor]) -> tuple[object, list[str]]:
 
 
 def test_mapping_renames_by_hand_checked_rules(resnet50_state: dict[str, torch.Tensor]) -> None:
-    converted, dropped = torchvision_resnet_to_detectron2(resnet50_state)
+    converted, dropped = torchvision_resnet_to_detectron2(resnet50_state, "resnet50")
     assert len(converted) == EXPECTED_TENSORS["resnet50"] == 265
     expected_pairs = {
         "conv1.weight": "stem.conv1.weight",
@@ -106,7 +106,7 @@ def test_mapping_renames_by_hand_checked_rules(resnet50_state: dict[str, torch.T
     assert "fc.weight" in dropped and "fc.bias" in dropped
     assert sum(key.endswith("num_batches_tracked") for key in dropped) == 53  # one per BN layer of ResNet-50
     with pytest.raises(ConversionError, match="'encoder.conv1.weight' is not part of a torchvision ResNet"):
-        torchvision_resnet_to_detectron2({"encoder.conv1.weight": torch.zeros(1)})
+        torchvision_resnet_to_detectron2({"encoder.conv1.weight": torch.zeros(1)}, "resnet50")
 
 
 @needs_detectron2
@@ -124,7 +124,7 @@ def test_names_equal_detectron2_build_resnet_backbone(arch: str, depth: int, res
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3))
     detectron2_state = {k: v for k, v in backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
-    converted, _ = torchvision_resnet_to_detectron2(_resnet_state(arch))
+    converted, _ = torchvision_resnet_to_detectron2(_resnet_state(arch), arch)
     assert len(converted) == EXPECTED_TENSORS[arch]
     assert set(converted) == set(detectron2_state)
     assert all(converted[k].shape == tuple(v.shape) for k, v in detectron2_state.items())
@@ -159,19 +159,19 @@ def test_every_source_format_converts_to_the_online_encoder(
 @needs_detectron2
 def test_verify_passes_for_converted_and_fails_for_wrong_prefix(
         resnet50_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    converted, _ = torchvision_resnet_to_detectron2(resnet50_state)
+    converted, _ = torchvision_resnet_to_detectron2(resnet50_state, "resnet50")
     good = write_detectron2_weights(tmp_path / "good.pkl", converted)
-    assert verify_with_detectron2(good, converted, "resnet50") == 265
+    assert verify_with_detectron2(good, resnet50_state, "resnet50") == 265
     # detectron2 matches names by suffix: "module.stem..." is no suffix of "backbone.bottom_up.stem...",
     # so nothing loads and it only logs; --verify must turn that into a failure.
     wrong_prefix = write_detectron2_weights(tmp_path / "wrong.pkl", {f"module.{k}": v for k, v in converted.items()})
     with pytest.raises(ConversionError, match="265 of 265 backbone.bottom_up tensors not loaded"):
-        verify_with_detectron2(wrong_prefix, converted, "resnet50")
+        verify_with_detectron2(wrong_prefix, resnet50_state, "resnet50")
     # Unconverted torchvision names partly suffix-match ("conv1.weight"): loaded into the wrong places.
     torchvision_names = write_detectron2_weights(
         tmp_path / "tv.pkl", {k: v.numpy() for k, v in resnet50_state.items() if not k.startswith("fc.")})
     with pytest.raises(ConversionError, match="detectron2 backbone check failed"):
-        verify_with_detectron2(torchvision_names, converted, "resnet50")
+        verify_with_detectron2(torchvision_names, resnet50_state, "resnet50")
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -206,3 +206,107 @@ def test_cli_fails_in_one_line(tmp_path: Path) -> None:
     assert vit.returncode != 0
     assert "backbone 'vit_tiny' cannot go to detectron2" in vit.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "vit.pkl").exists()
+
+
+def test_count_guard_refuses_a_lost_tensor(resnet50_state: dict[str, torch.Tensor]) -> None:
+    """Break tried: the `len(converted) != EXPECTED_TENSORS[arch]` guard deleted -> this test fails.
+
+    Every name here is a valid ResNet name, so only the count can tell that one tensor is gone.
+    """
+    lost = {k: v for k, v in resnet50_state.items() if k != "layer2.1.bn2.running_var"}
+    with pytest.raises(ConversionError, match="264 backbone tensors after conversion, expected exactly 265"):
+        torchvision_resnet_to_detectron2(lost, "resnet50")
+    with pytest.raises(ConversionError, match="expected exactly 100 for resnet18"):
+        torchvision_resnet_to_detectron2(resnet50_state, "resnet18")
+
+
+def _swapped(converted: dict[str, np.ndarray], a: str, b: str) -> dict[str, np.ndarray]:
+    """``converted`` with the tensors under prefixes/names ``a`` and ``b`` exchanged (names, shapes kept)."""
+    out = dict(converted)
+    for key in converted:
+        if key.startswith(a):
+            other = b + key[len(a):]
+            out[key], out[other] = converted[other], converted[key]
+    return out
+
+
+@needs_detectron2
+@pytest.mark.parametrize("first,second", [("res3.0.conv2.", "res3.1.conv2."),
+                                          ("res2.0.conv1.norm.running_mean", "res2.0.conv1.norm.running_var")])
+def test_verify_compares_with_the_source_not_with_the_converted_file(
+        first: str, second: str, resnet50_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    """A renaming bug that keeps names and shapes (two blocks of layer2 = res3 swapped; BN mean and
+    variance swapped) must fail --verify. Break tried: verify comparing detectron2's tensors with the
+    converted file (the old behaviour) -> the swapped files pass and this test fails; on that code the
+    good file also fails, as the source is given under torchvision names."""
+    converted, _ = torchvision_resnet_to_detectron2(resnet50_state, "resnet50")
+    assert verify_with_detectron2(write_detectron2_weights(tmp_path / "good.pkl", converted), resnet50_state,
+                                  "resnet50") == 265
+    swapped = write_detectron2_weights(tmp_path / "swapped.pkl", _swapped(converted, first, second))
+    with pytest.raises(ConversionError, match="does not compute the source checkpoint's ResNet"):
+        verify_with_detectron2(swapped, resnet50_state, "resnet50")
+
+
+@needs_detectron2
+def test_failed_verify_writes_nothing(resnet50_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    """detectron2's MSRA convention (stride in the 1x1 conv) loads every tensor yet is another function:
+    --verify fails, and neither the weights nor the sidecar exist afterwards, not even an earlier
+    conversion's. Break tried: writing OUTPUT before verifying (the old order) -> files remain, test fails."""
+    torch.save(resnet50_state, tmp_path / "r50.pth")
+    config = tmp_path / "msra.yaml"
+    config.write_text(f'_BASE_: "{REPO / "detectron2_configs" / "mask_rcnn_R_50_FPN_1x_ssl.yaml"}"\n'
+                      "MODEL:\n  RESNETS:\n    STRIDE_IN_1X1: True\n")
+    output = tmp_path / "out" / "r50.pkl"
+    convert_checkpoint(tmp_path / "r50.pth", output)  # an earlier, unverified conversion
+    with pytest.raises(ConversionError, match=r"res3 vs layer2: relative difference"):
+        convert_checkpoint(tmp_path / "r50.pth", output, verify=True, config_path=config)
+    assert sorted(p.name for p in output.parent.iterdir()) == []
+    summary, _ = convert_checkpoint(tmp_path / "r50.pth", output, verify=True)
+    assert json.loads(summary.sidecar_path.read_text())["verified"] is True
+    assert sorted(p.name for p in output.parent.iterdir()) == ["r50.pkl", "r50.pkl.json"]
+
+
+@needs_detectron2
+def test_verify_reads_the_config_without_python_tags(tmp_path: Path) -> None:
+    """detectron2's merge_from_file defaults to allow_unsafe=True, where a YAML tag can run code."""
+    from untrusted_pickles import save_torch
+
+    marker = tmp_path / "ran"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"MODEL: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w')\"]\n")
+    source = save_torch(tmp_path / "r18.pth", _resnet_state("resnet18"))
+    with pytest.raises(ConversionError, match="not a plain YAML config"):
+        convert_checkpoint(source, tmp_path / "r18.pkl", verify=True, config_path=config)
+    assert not marker.exists() and not (tmp_path / "r18.pkl").exists()
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_converter_runs_no_code_from_its_inputs(hidden: bool, tmp_path: Path) -> None:
+    """A .pt source and a .pkl weight file that run code when unpickled are refused, naming the type and
+    --trust-checkpoint; the marker proves nothing ran. Break tried: pickle.load in read_detectron2_weights
+    (the old reader) -> the marker appears."""
+    from evaluate.loading import BackboneLoadError
+    from evaluate.detection.convert import read_detectron2_weights
+    from pretrain.safe_load import load_array_pickle
+    from untrusted_pickles import OFFENDING, WritesMarker, hidden_in, save_pickle, save_torch
+
+    marker = tmp_path / "ran"
+    state = _resnet_state("resnet18")
+    source = save_torch(tmp_path / "src.pth", hidden_in({"state_dict": state}, marker) if hidden
+                        else WritesMarker(marker))
+    with pytest.raises(BackboneLoadError, match=f"{OFFENDING}.*--trust-checkpoint"):
+        convert_checkpoint(source, tmp_path / "out.pkl")
+    converted, _ = torchvision_resnet_to_detectron2(state, "resnet18")
+    payload = {"model": converted, "__author__": "x", "matching_heuristics": True}
+    weights = save_pickle(tmp_path / "w.pkl", hidden_in(payload, marker) if hidden else WritesMarker(marker))
+    with pytest.raises(ConversionError, match=f"{OFFENDING}.*--trust-checkpoint"):
+        read_detectron2_weights(weights)
+    assert not marker.exists() and not (tmp_path / "out.pkl").exists()
+    if hidden:  # the CLI says it in one line (one subprocess is enough: it is slow to start)
+        run = _run_cli(str(source), str(tmp_path / "out.pkl"))
+        assert run.returncode != 0 and "--trust-checkpoint" in run.stderr.strip().splitlines()[-1]
+        assert not marker.exists()
+    # The real layout beside it still reads, and the flag is what lets the hostile one through.
+    assert set(read_detectron2_weights(save_pickle(tmp_path / "ok.pkl", payload))) == set(converted)
+    load_array_pickle(weights, trust=True)
+    assert marker.exists()

@@ -1,6 +1,7 @@
 """detectron2 launcher: configs, SyncBN fallback, and a real smoke run ending in a result record."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -185,7 +186,7 @@ def test_smoke_run_trains_evaluates_and_writes_a_record(smoke_inputs: dict[str, 
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()]
     assert max(iterations) == 5
     # Training changed the backbone it started from (the converted weights, checked at start-up).
-    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     from evaluate.detection.convert import read_detectron2_weights
     initial = read_detectron2_weights(smoke_inputs["weights"])
     assert not np.array_equal(np.asarray(final["backbone.bottom_up.res2.0.conv1.weight"]),
@@ -290,3 +291,40 @@ def test_missing_detectron2_is_one_line(tmp_path: Path) -> None:
     assert line == ("error: detectron2 is not importable (No module named 'detectron2'); install it with "
                     "`bash scripts/install_detectron2.sh .venv/bin/python` (CPU machines) or from source on a "
                     "GPU cluster, see docs/detection.md")
+
+
+@needs_detectron2
+@pytest.mark.parametrize("hidden", [False, True])
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_weights_that_run_code_are_refused_before_detectron2_reads_them(
+        smoke_inputs: dict[str, Path], tmp_path: Path, hidden: bool, suffix: str) -> None:
+    """detectron2's checkpointer unpickles a .pkl in full. Break tried: check_weights_are_data removed
+    from build_config -> detectron2 loads the .pkl and the marker appears (the .pth is refused by
+    torch's own default, with no word of --trust-checkpoint)."""
+    from evaluate.detection.convert import read_detectron2_weights
+    from evaluate.detection.launcher import DetectionError, run_detection
+    from untrusted_pickles import OFFENDING, WritesMarker, hidden_in, save_pickle, save_torch
+
+    marker = tmp_path / "ran"
+    real = {"model": read_detectron2_weights(smoke_inputs["weights"]), "__author__": "x", "matching_heuristics": True}
+    payload = hidden_in(real, marker) if hidden else WritesMarker(marker)
+    weights = (save_pickle if suffix == ".pkl" else save_torch)(tmp_path / f"w{suffix}", payload)
+    with pytest.raises(DetectionError, match=f"^--weights .*{OFFENDING}.*--trust-checkpoint"):
+        run_detection(_run(smoke_inputs, "evil", weights=weights, records=None, opts=["SOLVER.MAX_ITER", "1"]))
+    assert not marker.exists()
+
+
+@needs_detectron2
+def test_config_file_cannot_run_code(smoke_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Break tried: merge_from_file with detectron2's default allow_unsafe=True -> the YAML tag runs and
+    the marker appears."""
+    from evaluate.detection.launcher import DetectionError, run_detection
+
+    marker = tmp_path / "ran"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f'_BASE_: "{SMOKE_R18}"\n'
+                      f"SEED: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w')\"]\n")
+    run = _run(smoke_inputs, "evil_cfg", records=None)
+    with pytest.raises(DetectionError, match="evil.yaml"):
+        run_detection(dataclasses.replace(run, config_file=config))
+    assert not marker.exists()
