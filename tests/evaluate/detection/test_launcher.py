@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_settings_are_recorded_after_detectron2_auto_scaling(tmp_path: Path) -> 
     from evaluate.detection.launcher import DetectionRun, build_config
 
     weights = tmp_path / "w.pkl"
-    weights.write_bytes(b"")
+    weights.write_bytes(pickle.dumps({"model": {}}))   # read as data before detectron2 sees it: must be a pickle
     run = DetectionRun(config_file=CONFIGS / "mask_rcnn_R_50_FPN_1x_ssl.yaml", weights=weights, coco_root=tmp_path,
                        output_dir=tmp_path / "out", opts=["SOLVER.REFERENCE_WORLD_SIZE", "8"])
     with pytest.warns(UserWarning, match="SyncBN replaced by BN"):
