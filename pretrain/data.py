@@ -206,6 +206,40 @@ class TwoViews:
         return self.first(image), self.second(image)
 
 
+def augmentation_seed(seed: int, epoch: int, image_id: int) -> int:
+    """The seed of one image's augmentation in one epoch (a SeedSequence hash: nearby inputs give
+    unrelated streams)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, image_id]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """``transform`` applied to each ``(image, label, index)`` of ``dataset`` with torch's generator
+    seeded from (seed, epoch, image index), then put back as it was.
+
+    Each image gets its own stream every epoch, so ranks never share augmentations (with one seed on
+    every rank and same-size images they used to apply identical crops), workers do not either, and
+    the views of a step do not depend on the world size, the worker count or where a resumed epoch
+    restarts. Call :meth:`set_epoch` before building each epoch's DataLoader (workers copy the dataset
+    when the loader starts).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, transform: Callable, seed: int) -> None:
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label, image_id = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(augmentation_seed(self.seed, self.epoch, image_id))
+            views = self.transform(image)
+        return views, label, image_id
+
+
 def eval_transform(image_size: int, crop_ratio: float = 0.875) -> transforms.Compose:
     """Resize to image_size / crop_ratio then centre-crop (ImageNet: Resize(256) + CenterCrop(224))."""
     return transforms.Compose([

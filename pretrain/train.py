@@ -14,7 +14,8 @@ from tqdm import tqdm
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist
 from pretrain.config import ConfigError, PretrainConfig, dump
-from pretrain.data import TwoViews, build_dataset
+from pretrain.backbones import is_vit
+from pretrain.data import SeededAugmentation, TwoViews, build_dataset
 from pretrain.model import SNCLR
 from pretrain.metrics_log import MetricsLog
 from pretrain.provenance import code_version
@@ -55,6 +56,21 @@ def model_from_config(config: PretrainConfig) -> SNCLR:
                  positiveness_temperature=config.positiveness_temperature, detach_weights=config.detach_weights)
 
 
+def check_neighbor_settings(config: PretrainConfig) -> None:
+    """K = 0 trains Eq. 1, so a run recorded as soft/binary neighbours would mislabel Table 4."""
+    if config.k == 0 and config.neighbors != "none":
+        raise ConfigError(f"k=0 with neighbors={config.neighbors!r} trains Eq. 1 without neighbours; "
+                          f"use --neighbors none, or k >= 1")
+
+
+def seed_rank_streams(seed: int, rank: int) -> None:
+    """After the model is built from the shared seed: a torch/random/numpy stream of this rank's own."""
+    stream = seed + 1_000_003 * (rank + 1)
+    random.seed(stream)
+    np.random.seed(stream % 2**32)
+    torch.manual_seed(stream)
+
+
 def autocast_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype | None:
     if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
         return None
@@ -63,6 +79,7 @@ def autocast_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype 
 
 def train(config: PretrainConfig, resume: str | None = None) -> Path:
     """Pre-train SNCLR with ``config``; returns the path of the final checkpoint."""
+    check_neighbor_settings(config)
     device = dist.init_distributed(config.device)
     world, rank = dist.world_size(), dist.rank()
     local_batch = local_batch_size(config.batch_size, world)
@@ -76,12 +93,11 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         dump(config, out_dir / "config.yaml")
 
-    random.seed(config.seed + rank)
-    np.random.seed(config.seed + rank)
     torch.manual_seed(config.seed)   # same init on every rank (DDP also broadcasts it)
 
-    dataset = build_dataset(config.dataset, config.data_dir, "train",
-                            TwoViews(config.image_size, config.min_scale), config.train_limit)
+    # Augmentations draw from a stream per (seed, epoch, image), not from the ranks' shared generator.
+    dataset = SeededAugmentation(build_dataset(config.dataset, config.data_dir, "train", None, config.train_limit),
+                                 TwoViews(config.image_size, config.min_scale), config.seed)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the {len(dataset)} training images")
     sampler = EpochSampler(dataset, world, rank, config.seed)
@@ -95,6 +111,13 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
     if world > 1:
         model = dist.convert_sync_batchnorm(model, device)
     model = model.to(device)
+    # NHWC convolutions for ResNets on GPUs (tensor cores); cudnn tunes its kernels for the fixed shape.
+    memory_format = torch.channels_last if device.type == "cuda" and not is_vit(config.backbone) \
+        else torch.contiguous_format
+    if device.type == "cuda":
+        model = model.to(memory_format=memory_format)
+        torch.backends.cudnn.benchmark = True
+    seed_rank_streams(config.seed, rank)
     snclr = model
     if world > 1:
         model = dist.wrap_ddp(model, device)
@@ -139,6 +162,7 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
     try:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
             sampler.skip = skip_steps * local_batch if epoch == start_epoch else 0
             use_neighbors = epoch >= config.neighbor_warmup_epochs
             first_step = position = skip_steps if epoch == start_epoch else 0
@@ -155,10 +179,12 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
                     group["lr"] = lr
                 momentum = momentum_at(progress, base=config.momentum, total_epochs=config.epochs,
                                        cosine=config.momentum_cosine)
-                x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-                labels, ids = labels.to(device), ids.to(device)
+                x1 = x1.to(device, non_blocking=True, memory_format=memory_format)
+                x2 = x2.to(device, non_blocking=True, memory_format=memory_format)
+                labels, ids = labels.to(device, non_blocking=True), ids.to(device, non_blocking=True)
+                log_now = (global_step + 1) % config.log_every == 0 or step == steps_per_epoch - 1
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    stats = model(x1, x2, ids, labels, momentum, use_neighbors)
+                    stats = model(x1, x2, ids, labels, momentum, use_neighbors, log_now)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(stats.loss).backward()
                 scaler.step(optimizer)
@@ -167,7 +193,7 @@ def train(config: PretrainConfig, resume: str | None = None) -> Path:
                 position = step + 1
                 bar.update(1)
                 interval_steps += 1
-                if global_step % config.log_every == 0 or step == steps_per_epoch - 1:
+                if log_now:
                     loss = float(dist.all_reduce_mean(stats.loss.detach()))
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}; stopping")
