@@ -71,15 +71,42 @@ def per_image_ms(files: list[Path], variants: dict[str, TwoViews], rounds: int) 
                    "views_ms": statistics.median(times[name]) * 1e3 - decode} for name in variants}
 
 
+def step_breakdown_ms(files: list[Path], image_size: int, rounds: int) -> dict[str, float]:
+    """Median ms of each step of view 1 (every random step forced on), on one thread: where the time goes."""
+    torch.set_num_threads(1)
+    crop = transforms.RandomResizedCrop(image_size)
+    steps = {"random_resized_crop": crop,
+             "color_jitter (all four)": transforms.ColorJitter(0.4, 0.4, 0.2, 0.1),
+             "  of which hue": transforms.ColorJitter(hue=0.1),
+             "grayscale": transforms.Grayscale(3),
+             "blur (PIL)": PILGaussianBlur(image_size),
+             "blur (torchvision, 23 px)": transforms.GaussianBlur(23, sigma=BLUR_SIGMA_224),
+             "solarize": transforms.RandomSolarize(128, p=1.0),
+             "to_tensor + normalize": transforms.Compose([transforms.ToTensor(),
+                                                          transforms.Normalize((0.5,) * 3, (0.25,) * 3)])}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for path in files:
+            with Image.open(path) as handle:
+                image = handle.convert("RGB")
+            view = crop(image)
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step(image if step is crop else view)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
 def loader_images_per_s(root: Path, views: TwoViews, workers: int, batch: int, batches: int) -> float:
     dataset = SeededAugmentation(IndexedImageFolder(root / "train"), views, seed=0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
                                          drop_last=True, persistent_workers=workers > 0,
                                          generator=torch.Generator().manual_seed(0))
     iterator = iter(loader)
-    next(iterator)   # worker start-up and the first batch are not timed
+    for _ in range(max(1, workers)):   # worker start-up and the first batch of each worker are not timed
+        next(iterator)
     seen, start = 0, time.perf_counter()
-    for _ in range(batches):
+    for _ in range(batches * max(1, workers)):   # enough batches that every worker delivers several
         try:
             (x1, _), _, _ = next(iterator)
         except StopIteration:
@@ -100,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", default=None,
                         help="comma-separated worker counts to time instead of 1..N (e.g. 1,2,4,8)")
     parser.add_argument("--batch", type=int, default=16, help="DataLoader batch (default 16)")
-    parser.add_argument("--batches", type=int, default=4, help="timed DataLoader batches per setting")
+    parser.add_argument("--batches", type=int, default=3, help="timed DataLoader batches per worker")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -117,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         for name, row in result["per_image"].items():
             print(f"  {name:<40} decode {row['decode_ms']:6.2f}  two views {row['views_ms']:6.2f}"
                   f"  total {row['pair_ms']:6.2f}")
+        result["view_step_ms"] = step_breakdown_ms(files, args.image_size, args.rounds)
+        print("  one view, step by step (ms): " + ", ".join(f"{k.strip()} {v:.2f}"
+                                                        for k, v in result["view_step_ms"].items()))
         torch.set_num_threads(1)
         for name, views in variants.items():
             rates = {}

@@ -76,7 +76,7 @@ class CandidateSet(nn.Module):
         self.features[slots] = F.normalize(keys.float(), dim=-1)
         self.image_ids[slots] = image_ids.long()
         self.labels[slots] = labels.long()
-        self.slot_bias[slots] = 0.0
+        self.slot_bias.index_fill_(0, slots, 0.0)   # `[slots] = 0.0` copies a host scalar: a sync on CUDA
         self.pointer.copy_((self.pointer + count) % self.size)
         self.filled.copy_(torch.clamp(self.filled + count, max=self.size))
         copies = int(torch.bincount(image_ids).max()) if image_ids.device.type == "cpu" and count else 1
