@@ -103,15 +103,20 @@ def loader_images_per_s(root: Path, views: TwoViews, workers: int, batch: int, b
                                          drop_last=True, persistent_workers=workers > 0,
                                          generator=torch.Generator().manual_seed(0))
     iterator = iter(loader)
+
+    def next_batch():
+        nonlocal iterator
+        try:
+            return next(iterator)
+        except StopIteration:   # a small folder: start another pass
+            iterator = iter(loader)
+            return next(iterator)
+
     for _ in range(max(1, workers)):   # worker start-up and the first batch of each worker are not timed
-        next(iterator)
+        next_batch()
     seen, start = 0, time.perf_counter()
     for _ in range(batches * max(1, workers)):   # enough batches that every worker delivers several
-        try:
-            (x1, _), _, _ = next(iterator)
-        except StopIteration:
-            iterator = iter(loader)
-            (x1, _), _, _ = next(iterator)
+        (x1, _), _, _ = next_batch()
         seen += x1.shape[0]
     return seen / (time.perf_counter() - start)
 

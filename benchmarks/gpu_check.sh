@@ -40,7 +40,7 @@ if [ "$DRY" = 1 ]; then
     SMOKE_ARGS="--device cpu --amp off"
 else
     DEVICE=cuda; AMP=bf16; STEP_ARGS="--setting resnet50_224 --batch 256 --steps 5"
-    DATA_ARGS="--images 64 --rounds 2 --workers 1,2,4,8 --batch 32 --batches 3"
+    DATA_ARGS="--images 128 --rounds 1 --workers 1,2,4,8 --batch 8 --batches 3"
     SMOKE_ARGS="--device cuda --amp bf16"
 fi
 
@@ -116,7 +116,7 @@ def host_syncs(fn):
             fn()
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    return [str(w.message)[:160] for w in caught if "synchronizing" in str(w.message)]
+    return [str(w.message)[:160] for w in caught if "called a synchronizing" in str(w.message)]
 if device.type == "cuda":
     result["host_syncs_in_push"] = host_syncs(lambda: c.push(keys[:256], ids[:256]))
     result["host_syncs_in_search"] = host_syncs(lambda: c.lookup(*c.search(keys, ids, k)))
