@@ -160,10 +160,11 @@ BLUR_SIGMA_224 = (0.1, 2.0)
 class PILGaussianBlur:
     """Gaussian blur with PIL's ``ImageFilter.GaussianBlur``, as MoCo v3's and BYOL's reference code do.
 
-    torchvision's ``GaussianBlur(23)`` on a PIL image costs ~33 ms per 224 px image against ~1 ms here
-    (``benchmarks/data_pipeline.py``). The sigma range is BYOL's at 224 px and scales with the side, so
-    a 32 px view is blurred by the same fraction of its width as a 224 px one. The draw uses torch's
-    generator, so per-rank / per-worker seeding covers it like every other torchvision transform.
+    torchvision's ``GaussianBlur(23)`` on a PIL image cost 34 ms per 224 px view against 1.8 ms here
+    (one core of the H100 host, ``benchmarks/data_pipeline.py``). The sigma range is BYOL's at 224 px and
+    scales with the side, so a 32 px view is blurred by the same fraction of its width as a 224 px one.
+    The draw uses torch's generator, so :class:`SeededAugmentation` seeds it like every other
+    torchvision transform.
     """
 
     def __init__(self, image_size: int, sigma: tuple[float, float] = BLUR_SIGMA_224) -> None:
