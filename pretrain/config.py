@@ -40,7 +40,7 @@ class PretrainConfig:
     momentum: float = 0.99                 # EMA of the momentum branch
     momentum_cosine: bool = False          # MoCo v3's cosine increase of the EMA coefficient to 1
     temperature: float = 0.2               # T of Eq. 1/2
-    proj_hidden_dim: int = 4096            # Appendix A: FC(4096)-BN-ReLU-FC(256)
+    proj_hidden_dim: int = 4096            # BYOL (Grill et al., 2020, Sec. 3.3): FC(4096)-BN-ReLU-FC(256)
     dim: int = 256
     candidate_set_size: int = 128_000      # Table 6: 128,000 x 256 (131.07 MB)
     k: int = 30                            # neighbours per key (Eq. 3)

@@ -160,10 +160,11 @@ BLUR_SIGMA_224 = (0.1, 2.0)
 class PILGaussianBlur:
     """Gaussian blur with PIL's ``ImageFilter.GaussianBlur``, as MoCo v3's and BYOL's reference code do.
 
-    torchvision's ``GaussianBlur(23)`` on a PIL image costs ~33 ms per 224 px image against ~1 ms here
-    (``benchmarks/data_pipeline.py``). The sigma range is BYOL's at 224 px and scales with the side, so
-    a 32 px view is blurred by the same fraction of its width as a 224 px one. The draw uses torch's
-    generator, so per-rank / per-worker seeding covers it like every other torchvision transform.
+    torchvision's ``GaussianBlur(23)`` on a PIL image cost 34 ms per 224 px view against 1.8 ms here
+    (one core of the H100 host, ``benchmarks/data_pipeline.py``). The sigma range is BYOL's at 224 px and
+    scales with the side, so a 32 px view is blurred by the same fraction of its width as a 224 px one.
+    The draw uses torch's generator, so :class:`SeededAugmentation` seeds it like every other
+    torchvision transform.
     """
 
     def __init__(self, image_size: int, sigma: tuple[float, float] = BLUR_SIGMA_224) -> None:
@@ -204,6 +205,51 @@ class TwoViews:
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         return self.first(image), self.second(image)
+
+
+def augmentation_seed(seed: int, epoch: int, image_id: int) -> int:
+    """The seed of one image's augmentation in one epoch (a SeedSequence hash: nearby inputs give
+    unrelated streams)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, image_id]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _sample_path(dataset: torch.utils.data.Dataset, index: int) -> str:
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    return samples[index][0] if samples else f"sample {index} of {type(dataset).__name__}"
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """``transform`` applied to each ``(image, label, index)`` of ``dataset`` with torch's generator
+    seeded from (seed, epoch, image index), then put back as it was.
+
+    Each image gets its own stream every epoch, so ranks never share augmentations (with one seed on
+    every rank and same-size images they used to apply identical crops), workers do not either, and
+    the views of a step do not depend on the world size, the worker count or where a resumed epoch
+    restarts. Call :meth:`set_epoch` before building each epoch's DataLoader (workers copy the dataset
+    when the loader starts).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, transform: Callable, seed: int) -> None:
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            image, label, image_id = self.dataset[index]
+        except OSError as error:   # PIL's UnidentifiedImageError and truncated files are OSErrors
+            raise DataError(f"{_sample_path(self.dataset, index)}: cannot read image "
+                            f"({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(augmentation_seed(self.seed, self.epoch, image_id))
+            views = self.transform(image)
+        return views, label, image_id
 
 
 def eval_transform(image_size: int, crop_ratio: float = 0.875) -> transforms.Compose:

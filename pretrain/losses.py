@@ -1,6 +1,8 @@
 """The SNCLR objective (Ge et al., ICLR 2023, Eq. 1-4) as a pure function of tensors."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -13,9 +15,24 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """A region where an enclosing autocast is off (a no-op on devices without autocast, e.g. meta)."""
+    # An enclosing autocast re-casts matmul/einsum inputs to bf16 whatever .float() did: the loss moved
+    # by 3e-4 relative under CPU bf16 autocast (tests/pretrain/test_losses.py).
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def positiveness(attn_query: torch.Tensor, own_neighbors: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Eq. 4 with identity projections (the paper's final choice): softmax over the K neighbours of
-    cos(y_b, NN_i) / tau_w. Inputs are L2-normalised here; returns (B, K) weights summing to 1."""
+    cos(y_b, NN_i) / tau_w. Inputs are L2-normalised here; returns (B, K) weights summing to 1, in fp32
+    or wider whatever autocast is active."""
+    with autocast_disabled(attn_query.device):
+        return _positiveness(attn_query, own_neighbors, temperature)
+
+
+def _positiveness(attn_query: torch.Tensor, own_neighbors: torch.Tensor, temperature: float) -> torch.Tensor:
     y = F.normalize(_at_least_fp32(attn_query), dim=-1)
     neighbors = F.normalize(_at_least_fp32(own_neighbors), dim=-1)
     return torch.softmax(torch.einsum("bd,bkd->bk", y, neighbors) / temperature, dim=-1)
@@ -41,8 +58,16 @@ def snclr_loss(query: torch.Tensor, attn_query: torch.Tensor, keys: torch.Tensor
 
     With K = 0 both reduce to Eq. 1, InfoNCE over the global batch. ``neighbor_mask`` (N,) marks the
     keys whose K neighbours are all real entries; a key without them contributes no neighbours, to
-    its own row's numerator or to any row's Z_b (Eq. 1 for that row).
+    its own row's numerator or to any row's Z_b (Eq. 1 for that row). Autocast is disabled inside.
     """
+    with autocast_disabled(query.device):
+        return _snclr_loss(query, attn_query, keys, neighbors, temperature=temperature, offset=offset, form=form,
+                           weighting=weighting, positiveness_temperature=positiveness_temperature,
+                           detach_weights=detach_weights, neighbor_mask=neighbor_mask)
+
+
+def _snclr_loss(query, attn_query, keys, neighbors, *, temperature, offset, form, weighting,
+                positiveness_temperature, detach_weights, neighbor_mask) -> torch.Tensor:
     if form not in LOSS_FORMS:
         raise ValueError(f"form={form!r}; expected one of {LOSS_FORMS}")
     if weighting not in WEIGHTINGS:
@@ -69,7 +94,7 @@ def snclr_loss(query: torch.Tensor, attn_query: torch.Tensor, keys: torch.Tensor
 
     own_logits = neighbor_logits[rows, offset + rows]                        # (B, K)
     if weighting == "soft":
-        weights = positiveness(attn_query, neighbors[offset + rows], positiveness_temperature)
+        weights = _positiveness(attn_query, neighbors[offset + rows], positiveness_temperature)
         if detach_weights:
             weights = weights.detach()
     else:
@@ -77,6 +102,10 @@ def snclr_loss(query: torch.Tensor, attn_query: torch.Tensor, keys: torch.Tensor
     own_valid = torch.ones(batch, dtype=torch.bool, device=z.device) if neighbor_mask is None \
         else neighbor_mask.bool()[offset + rows]
     weights = weights * own_valid[:, None]
+    # A row whose own key is masked has own_logits = -inf and weight 0. Those logits are replaced by a
+    # finite 0 (its gradient is cut by masked_fill). Otherwise the backward of either form multiplies
+    # 0 by -inf, and `--loss-form official` gave NaN gradients on the first steps of a filling set.
+    own_logits = own_logits.masked_fill(~own_valid[:, None], 0.0)
 
     if form == "paper":
         # log(exp(s_pos) + sum_i w_i exp(s_i)); rows without neighbours get log(exp(s_pos)) exactly.
@@ -84,5 +113,5 @@ def snclr_loss(query: torch.Tensor, attn_query: torch.Tensor, keys: torch.Tensor
                                torch.full_like(own_logits, float("-inf")))
         log_numerator = torch.logsumexp(torch.cat([positive[:, None], weighted], dim=1), dim=1)
         return (log_z - log_numerator).mean()
-    own_terms = torch.where(weights > 0, weights * (own_logits - log_z[:, None]), torch.zeros_like(own_logits))
+    own_terms = weights * (own_logits - log_z[:, None])   # zero where the weight is zero
     return -((positive - log_z) + own_terms.sum(dim=1)).mean()

@@ -36,10 +36,11 @@ class StepStats:
     The mean of Eq. 4's weights is 1/K by construction, so the positiveness monitors are its largest
     weight and its entropy (log K when uniform, 0 when one neighbour takes all)."""
     loss: torch.Tensor
-    positiveness_max: torch.Tensor      # mean over rows of the largest neighbour weight
-    positiveness_entropy: torch.Tensor  # mean over rows of the entropy of the weights
-    neighbor_agreement: torch.Tensor    # fraction of neighbours sharing the key's label (monitor only)
-    neighbor_rows: torch.Tensor         # fraction of rows that had K valid neighbours
+    # None when the step ran with monitor=False.
+    positiveness_max: torch.Tensor | None = None      # mean over rows of the largest neighbour weight
+    positiveness_entropy: torch.Tensor | None = None  # mean over rows of the entropy of the weights
+    neighbor_agreement: torch.Tensor | None = None    # fraction of neighbours sharing the key's label
+    neighbor_rows: torch.Tensor | None = None         # fraction of rows that had K valid neighbours
 
 
 class SNCLR(nn.Module):
@@ -56,7 +57,7 @@ class SNCLR(nn.Module):
         if is_vit(backbone):   # MoCo v3 vit: 3-layer projector, 2-layer predictor, last BN non-affine
             self.projector = mlp(feature_dim, proj_hidden_dim, dim, num_layers=3, last_bn=True)
             self.predictor = mlp(dim, proj_hidden_dim, dim, num_layers=2, last_bn=True)
-        else:                  # SNCLR Appendix A for ResNet: FC-BN-ReLU-FC
+        else:                  # BYOL's ResNet projector/predictor (Grill et al., 2020, Sec. 3.3): FC-BN-ReLU-FC
             self.projector = mlp(feature_dim, proj_hidden_dim, dim, num_layers=2, last_bn=False)
             self.predictor = mlp(dim, proj_hidden_dim, dim, num_layers=2, last_bn=False)
         self.momentum_backbone = copy.deepcopy(self.backbone)
@@ -74,19 +75,30 @@ class SNCLR(nn.Module):
         torch._foreach_lerp_(target, online, 1.0 - momentum)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, image_ids: torch.Tensor, labels: torch.Tensor,
-                momentum: float, use_neighbors: bool = True) -> StepStats:
-        """One SNCLR step on the local views; ``use_neighbors=False`` is Eq. 1 (neighbour warm-up)."""
+                momentum: float, use_neighbors: bool = True, monitor: bool = True) -> StepStats:
+        """One SNCLR step on the local views; ``use_neighbors=False`` is Eq. 1 (neighbour warm-up).
+        ``monitor=False`` skips the positiveness monitors (they are only read on logging steps)."""
         y1, y2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
         z1, z2 = self.predictor(y1), self.predictor(y2)
         with torch.no_grad():
             self.update_momentum(momentum)
-            k1 = dist.all_gather(self.momentum_projector(self.momentum_backbone(x1)).float())
-            k2 = dist.all_gather(self.momentum_projector(self.momentum_backbone(x2)).float())
-            all_ids, all_labels = dist.all_gather(image_ids), dist.all_gather(labels)
+            local_k1 = self.momentum_projector(self.momentum_backbone(x1))
+            local_k2 = self.momentum_projector(self.momentum_backbone(x2))
+            local_keys, local_ids = torch.cat([local_k2, local_k1]).float(), image_ids.repeat(2)
+            k = self.k if (use_neighbors and self.neighbors != "none") else 0
+            # C is identical on every rank, so each rank searches only its own keys, both views in one
+            # pass over C, and the (N_local, K) results are gathered: 1/world of the search per rank.
+            index, similarity = self.candidate_set.search(local_keys, local_ids, k)
+            keys_and_similarity = _gather_views(torch.cat([local_keys, similarity], dim=1))
+            ids_and_index = _gather_views(torch.cat([local_ids[:, None], labels.repeat(2)[:, None], index], dim=1))
+            dim = local_keys.shape[1]
+            k2, k1 = (rows[:, :dim] for rows in keys_and_similarity)
+            similarity2, similarity1 = (rows[:, dim:] for rows in keys_and_similarity)
+            index2, index1 = (rows[:, 2:] for rows in ids_and_index)
+            all_ids, all_labels = ids_and_index[0][:, 0], ids_and_index[0][:, 1]
+            found2 = self.candidate_set.lookup(index2, similarity2)
+            found1 = self.candidate_set.lookup(index1, similarity1)
         offset = dist.rank() * x1.shape[0]
-        k = self.k if (use_neighbors and self.neighbors != "none") else 0
-        found2 = self.candidate_set.query(k2, all_ids, k)
-        found1 = self.candidate_set.query(k1, all_ids, k)
         options = dict(temperature=self.temperature, offset=offset, form=self.loss_form,
                        weighting="binary" if self.neighbors == "binary" else "soft",
                        positiveness_temperature=self.positiveness_temperature,
@@ -95,7 +107,11 @@ class SNCLR(nn.Module):
         loss = 2 * self.temperature * (
             snclr_loss(z1, y1, k2, found2.neighbors, neighbor_mask=found2.valid, **options)
             + snclr_loss(z2, y2, k1, found1.neighbors, neighbor_mask=found1.valid, **options))
-        self.candidate_set.push(k1, all_ids, all_labels)
+        # View 2's keys enter C, after both searches, as in the official code (builder_snclr_factor.py:
+        # memory_bank(k2_, update=True)).
+        self.candidate_set.push(k2, all_ids, all_labels)
+        if not monitor:
+            return StepStats(loss=loss)
         return StepStats(loss=loss, **self._monitor(y1, found2, all_labels, offset))
 
     @torch.no_grad()
@@ -112,3 +128,10 @@ class SNCLR(nn.Module):
         agree = (found.labels[rows][valid] == all_labels[rows][valid, None]).float()
         return dict(positiveness_max=weights.max(dim=1).values.mean(), positiveness_entropy=entropy.mean(),
                     neighbor_agreement=agree.mean(), neighbor_rows=valid.float().mean())
+
+
+def _gather_views(local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All-gather rows laid out [view 2; view 1] per rank into (view 2, view 1) of the global batch."""
+    gathered = dist.all_gather(local)
+    per_rank = gathered.view(dist.world_size(), 2, local.shape[0] // 2, *local.shape[1:])
+    return per_rank[:, 0].flatten(0, 1), per_rank[:, 1].flatten(0, 1)

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist
 from pretrain.config import FIELDS, ConfigError, PretrainConfig, dump
-from pretrain.data import DataError, TwoViews, build_dataset
+from pretrain.backbones import is_vit
+from pretrain.data import SeededAugmentation, TwoViews, build_dataset
 from pretrain.fileio import OutputDirError, RunLock, check_free_space, remove_stale_temp_files
 from pretrain.model import SNCLR
 from pretrain.metrics_log import MetricsLog
@@ -65,51 +66,25 @@ def model_from_config(config: PretrainConfig) -> SNCLR:
                  positiveness_temperature=config.positiveness_temperature, detach_weights=config.detach_weights)
 
 
+def check_neighbor_settings(config: PretrainConfig) -> None:
+    """K = 0 trains Eq. 1, so a run recorded as soft/binary neighbours would mislabel Table 4."""
+    if config.k == 0 and config.neighbors != "none":
+        raise ConfigError(f"k=0 with neighbors={config.neighbors!r} trains Eq. 1 without neighbours; "
+                          f"use --neighbors none, or k >= 1")
+
+
+def seed_rank_streams(seed: int, rank: int) -> None:
+    """After the model is built from the shared seed: a torch/random/numpy stream of this rank's own."""
+    stream = seed + 1_000_003 * (rank + 1)
+    random.seed(stream)
+    np.random.seed(stream % 2**32)
+    torch.manual_seed(stream)
+
+
 def autocast_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype | None:
     if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
         return None
     return torch.float16 if config.amp == "fp16" else torch.bfloat16
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of one sample in one epoch: a hash of (seed, epoch, index).
-
-    Tying the views to the sample, not to a worker's stream position, is what makes a mid-epoch
-    resume exact: skipping the first batches, or another worker count, changes no sample's views.
-    Ranks see disjoint indices, so they get different views without a rank term."""
-    return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1, np.uint64)[0])
-
-
-def _sample_path(dataset: torch.utils.data.Dataset, index: int) -> str:
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset, index = dataset.dataset, int(dataset.indices[index])
-    samples = getattr(dataset, "samples", None)
-    return samples[index][0] if samples else f"sample {index} of {type(dataset).__name__}"
-
-
-class SeededSamples(torch.utils.data.Dataset):
-    """Wraps a dataset whose transforms draw from torch's generator (torchvision's random transforms
-    and :class:`pretrain.data.PILGaussianBlur` do) and seeds that generator per sample with
-    :func:`sample_seed`; the caller's generator is left untouched. An unreadable image becomes a
-    one-line :class:`DataError` naming its file."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch   # read by workers created after this call (a new DataLoader per epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
-            try:
-                return self.dataset[index]
-            except OSError as error:   # PIL's UnidentifiedImageError and truncated files are OSErrors
-                raise DataError(f"{_sample_path(self.dataset, index)}: cannot read image "
-                                f"({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
 
 
 class StopRequest:
@@ -198,19 +173,18 @@ def train(config: PretrainConfig, resume: str | None = None, *, extend_schedule:
     ``extend_schedule`` lets a resumed run grow ``epochs`` (recorded in the checkpoint's
     ``epochs_history``). ``stop`` chooses the signals that stop the run at a step boundary
     (SIGTERM and SIGINT by default); a stopped run returns ``finished=False``."""
+    check_neighbor_settings(config)
     device = dist.init_distributed(config.device)
     world, rank = dist.world_size(), dist.rank()
     local_batch = local_batch_size(config.batch_size, world)
     out_dir = Path(config.output_dir)
     latest = out_dir / ckpt.LATEST
 
-    random.seed(config.seed + rank)
-    np.random.seed(config.seed + rank)
     torch.manual_seed(config.seed)   # same init on every rank (DDP also broadcasts it)
 
-    dataset = SeededSamples(build_dataset(config.dataset, config.data_dir, "train",
-                                          TwoViews(config.image_size, config.min_scale), config.train_limit),
-                            config.seed)
+    # Augmentations draw from a stream per (seed, epoch, image), not from the ranks' shared generator.
+    dataset = SeededAugmentation(build_dataset(config.dataset, config.data_dir, "train", None, config.train_limit),
+                                 TwoViews(config.image_size, config.min_scale), config.seed)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the {len(dataset)} training images")
     state = None
@@ -250,7 +224,7 @@ def train(config: PretrainConfig, resume: str | None = None, *, extend_schedule:
         lock.release()
 
 
-def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCLR, dataset: SeededSamples,
+def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCLR, dataset: SeededAugmentation,
            device: torch.device, world: int, rank: int, local_batch: int, epochs_history: list[int],
            stop: StopRequest) -> TrainResult:
     out_dir = Path(config.output_dir)
@@ -266,6 +240,13 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
     if world > 1:
         model = dist.convert_sync_batchnorm(model, device)
     model = model.to(device)
+    # NHWC convolutions for ResNets on GPUs (tensor cores); cudnn tunes its kernels for the fixed shape.
+    memory_format = torch.channels_last if device.type == "cuda" and not is_vit(config.backbone) \
+        else torch.contiguous_format
+    if device.type == "cuda":
+        model = model.to(memory_format=memory_format)
+        torch.backends.cudnn.benchmark = True
+    seed_rank_streams(config.seed, rank)
     snclr = model
     if world > 1:
         model = dist.wrap_ddp(model, device)
@@ -345,10 +326,12 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
                         group["lr"] = lr
                     momentum = momentum_at(progress, base=config.momentum, total_epochs=config.epochs,
                                            cosine=config.momentum_cosine)
-                    x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-                    labels, ids = labels.to(device), ids.to(device)
+                    x1 = x1.to(device, non_blocking=True, memory_format=memory_format)
+                    x2 = x2.to(device, non_blocking=True, memory_format=memory_format)
+                    labels, ids = labels.to(device, non_blocking=True), ids.to(device, non_blocking=True)
+                    log_now = (global_step + 1) % config.log_every == 0 or step == steps_per_epoch - 1
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        stats = model(x1, x2, ids, labels, momentum, use_neighbors)
+                        stats = model(x1, x2, ids, labels, momentum, use_neighbors, log_now)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(stats.loss).backward()
                     scaler.step(optimizer)
@@ -357,7 +340,7 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
                     position = step + 1
                     bar.update(1)
                     interval_steps += 1
-                    if global_step % config.log_every == 0 or step == steps_per_epoch - 1:
+                    if log_now:
                         loss = float(dist.all_reduce_mean(stats.loss.detach()))
                         if not math.isfinite(loss):
                             raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}; stopping "

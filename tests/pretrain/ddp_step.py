@@ -1,15 +1,20 @@
 """One SNCLR step on a fixed global batch; run alone or under `torchrun --nproc_per_node 2`.
 
-Saves (rank 0) the loss and the updated online parameters so tests/pretrain/test_distributed.py can
-check that 2 gloo processes reproduce 1 process exactly."""
+`ddp_step.py OUT` saves (rank 0) the loss and the updated online parameters so
+tests/pretrain/test_distributed.py can check that 2 gloo processes reproduce 1 process exactly.
+`ddp_step.py --views OUT` saves every rank's first batch of two-view pairs of one constant image,
+built the way train.py builds them (shared init seed, then per-rank streams and seeded augmentations)."""
 import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pretrain import distributed as dist  # noqa: E402
+from pretrain.data import SeededAugmentation, TwoViews  # noqa: E402
 from pretrain.model import SNCLR  # noqa: E402
+from pretrain.train import EpochSampler, seed_rank_streams  # noqa: E402
 
 GLOBAL_BATCH = 16
 
@@ -41,5 +46,34 @@ def main(out: str) -> None:
     dist.cleanup()
 
 
+class ConstantImages(torch.utils.data.Dataset):
+    """Eight copies of one fixed 48 x 40 colour gradient: only the augmentation tells two samples apart
+    (a gradient, not a flat colour, so that crops and flips show)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int):
+        ramp = torch.arange(48 * 40 * 3, dtype=torch.float32).reshape(40, 48, 3) % 251
+        return Image.fromarray(ramp.to(torch.uint8).numpy()), 0, index
+
+
+def views(out: str) -> None:
+    dist.init_distributed("cpu")
+    world, rank = dist.world_size(), dist.rank()
+    torch.manual_seed(0)
+    seed_rank_streams(0, rank)
+    dataset = SeededAugmentation(ConstantImages(), TwoViews(32), seed=0)
+    sampler = EpochSampler(dataset, world, rank, seed=0)
+    sampler.set_epoch(1)
+    dataset.set_epoch(1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=1)
+    (x1, x2), _, ids = next(iter(loader))
+    gathered = [dist.all_gather(t) for t in (x1, x2, ids)]
+    if dist.is_main():
+        torch.save({"x1": gathered[0], "x2": gathered[1], "ids": gathered[2], "world": world}, out)
+    dist.cleanup()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    views(sys.argv[2]) if sys.argv[1] == "--views" else main(sys.argv[1])

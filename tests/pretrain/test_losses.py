@@ -121,3 +121,50 @@ def test_bad_arguments(tiny):
         snclr_loss(q, y, keys, nbrs, temperature=0.2, form="other")
     with pytest.raises(ValueError, match="offset"):
         snclr_loss(q, y, keys, nbrs, temperature=0.2, offset=3)
+
+
+@pytest.mark.parametrize("form", ["paper", "official"])
+@pytest.mark.parametrize("weighting", ["soft", "binary"])
+@pytest.mark.parametrize("detach", [False, True])
+def test_backward_finite_with_masked_rows(tiny, form, weighting, detach):
+    """Rows whose key lacks K real neighbours (a candidate set still filling) keep finite gradients.
+
+    Fails on the code before the fix (official, soft, not detached: the other cases pass no gradient
+    through w): the backward of torch.where(w > 0, w * (s - log Z), 0) took w = 0 and s = -inf and
+    gave 0 * (-inf) = NaN."""
+    q, y, keys, nbrs = (t.clone().requires_grad_() for t in tiny)
+    mask = torch.tensor([False, True, False, True])   # row 0's own key (offset 0) is masked
+    loss = snclr_loss(q, y, keys, nbrs, temperature=0.2, form=form, weighting=weighting, detach_weights=detach,
+                      neighbor_mask=mask)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, tensor in [("query", q), ("attn_query", y), ("keys", keys), ("neighbors", nbrs)]:
+        assert tensor.grad is None or torch.isfinite(tensor.grad).all(), name
+    assert q.grad.abs().sum() > 0
+
+
+def test_all_rows_masked_is_infonce_with_finite_gradients(tiny):
+    q, y, keys, nbrs = (t.clone().requires_grad_() for t in tiny)
+    masked = snclr_loss(q, y, keys, nbrs, temperature=0.2, form="official",
+                        neighbor_mask=torch.zeros(4, dtype=torch.bool))
+    masked.backward()
+    plain = snclr_loss(q, y, keys, nbrs[:, :0], temperature=0.2)
+    assert masked.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert all(torch.isfinite(t.grad).all() for t in (q, keys))
+
+
+@pytest.mark.parametrize("form", ["paper", "official"])
+def test_fp32_under_bf16_autocast(form):
+    """The loss ignores an enclosing bf16 autocast: equal to the fp32 loss to 1e-5.
+
+    Fails on the code before the fix (einsum/matmul inside autocast ran in bf16: ~1e-3 relative)."""
+    g = torch.Generator().manual_seed(3)
+    q, y = torch.randn(32, 64, generator=g), torch.randn(32, 64, generator=g)
+    keys, nbrs = torch.randn(64, 64, generator=g), torch.randn(64, 8, 64, generator=g)
+    want = snclr_loss(q, y, keys, nbrs, temperature=0.2, offset=32, form=form)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = snclr_loss(q, y, keys, nbrs, temperature=0.2, offset=32, form=form)
+        weights = positiveness(y, nbrs[:32])
+    assert got.dtype == torch.float32 and weights.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert torch.allclose(weights, positiveness(y, nbrs[:32]), rtol=1e-5, atol=1e-7)

@@ -70,3 +70,49 @@ def test_own_image_excluded_even_with_many_copies():
     found = c.query(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([7, 9]), k=3)
     assert found.image_ids[0].tolist() == [1, 2, 3] and found.valid[0]
     assert found.image_ids[1].tolist() == [7, 7, 7]
+
+
+def test_own_image_excluded_across_pushes_and_after_reload():
+    """Image 0 pushed once per 'epoch' holds 3 entries; the bound kept from push lengths covers them,
+    and a set rebuilt from a checkpoint's buffers keeps that bound."""
+    c = CandidateSet(size=32, dim=2)
+    near = torch.tensor([[1.0, 0.0]] + [[0.0, 1.0]] * 7)
+    for _ in range(3):
+        c.push(near, torch.arange(8))
+    c.push(torch.tensor([[0.9, 0.1], [0.8, 0.2]]), torch.tensor([20, 21]))
+    assert c.copies_bound == 4
+    reloaded = CandidateSet(size=32, dim=2)
+    reloaded.load_state_dict(c.state_dict())
+    assert reloaded.copies_bound == 3          # exact count from the buffers: image 0..7 three times each
+    for candidates in (c, reloaded):
+        found = candidates.query(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), k=2)
+        assert found.image_ids[0].tolist() == [20, 21] and found.valid.all()
+
+
+def test_overwritten_pushes_leave_the_bound():
+    c = CandidateSet(size=4, dim=2)
+    for step in range(5):
+        c.push(torch.randn(2, 2), torch.tensor([2 * step, 2 * step + 1]))
+    assert c.copies_bound == 2    # only the last two pushes are still in the set
+
+
+def test_push_and_search_never_read_device_values_on_the_host():
+    """On the meta device every tensor value is unknown, so any int(), .item(), bool mask indexing or
+    bincount().max() raises. Fails on the code before the fix (int(bincount(written).max()) in query)."""
+    c = CandidateSet(size=64, dim=8).to("meta")
+    c.push(torch.randn(16, 8, device="meta"), torch.arange(16, device="meta"))
+    index, similarity = c.search(torch.randn(10, 8, device="meta"), torch.arange(10, device="meta"), k=4)
+    found = c.lookup(index, similarity)
+    assert found.neighbors.shape == (10, 4, 8) and found.valid.shape == (10,)
+
+
+def test_same_neighbours_under_bf16_autocast():
+    """Fails on the code before the fix: the similarity matmul ran in bf16 and reordered near-ties."""
+    g = torch.Generator().manual_seed(0)
+    c = CandidateSet(size=4096, dim=64)
+    c.push(torch.randn(4096, 64, generator=g), torch.arange(4096))
+    keys = torch.randn(128, 64, generator=g)
+    want = c.query(keys, torch.arange(10**5, 10**5 + 128), k=30)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = c.query(keys, torch.arange(10**5, 10**5 + 128), k=30)
+    assert torch.equal(got.index, want.index) and got.similarity.dtype == torch.float32

@@ -179,7 +179,7 @@ def test_sigterm_mid_epoch_then_resume_equals_the_straight_run_bit_for_bit(image
     were drawn: 222 of 269 tensors differed), and on each of these mutations, tried one at a time:
     the sampler skip ignored (``sampler.skip = 0``), the lr position reset on resume
     (``progress = epoch + (step - first_step) / steps_per_epoch``), and per-sample augmentation
-    seeding removed (``SeededSamples.__getitem__`` without ``manual_seed``)."""
+    seeding removed (``SeededAugmentation.__getitem__`` without ``manual_seed``)."""
     original = signal_during_step(monkeypatch, 1)
     assert run(image_tree, tmp_path, "--epochs", "2") == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
