@@ -16,9 +16,9 @@ WORK="${WORK:-/tmp/gpu_study_work}"
 SHIP="$WORK/ship"
 mkdir -p "$OUT" "$SHIP"
 cd "$(dirname "$0")/.."
-UNITS="none:0 binary:0 soft:0 none:1 binary:1 soft:1 none:2 binary:2 soft:2 soft_k5:0 soft_k30:0"
-timeout "${STUDY_TIMEOUT_S:-420}" "$PY" scripts/study_fmnist_table4.py --tier gpu --data-dir "$DATA" \
-    --work "$WORK" --ship "$SHIP" --deadline-s "${DEADLINE_S:-330}" --units $UNITS --baselines random:0 \
+UNITS="${UNITS:-none:0 binary:0 soft:0 none:1 binary:1 soft:1 none:2 binary:2 soft:2 soft_k5:0 soft_k30:0}"
+timeout "${STUDY_TIMEOUT_S:-420}" "$PY" scripts/study_fmnist_table4.py --tier "${TIER:-gpu}" --data-dir "$DATA" \
+    --work "$WORK" --ship "$SHIP" --deadline-s "${DEADLINE_S:-330}" --units $UNITS --baselines ${BASELINES-random:0} \
     > "$OUT/gpu_study.log" 2>&1
 echo "study exit $? after ${SECONDS}s" | tee -a "$OUT/gpu_study.log"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$OUT/gpu_study.log" 2>&1

@@ -46,6 +46,10 @@ TIERS = {
     # One H100 (16 CPU cores feed it): all 60,000 images, 5x the CPU tier's samples, about a minute per unit.
     "gpu": Tier(train_limit=None, epochs=10, neighbor_warmup=1, eval_train=None, linear_epochs=5,
                 semisup_epochs=30, device="cuda", extra=("--amp", "bf16", "--workers", "12"), eval_extra=("--num-workers", "12")),
+    # The CUDA path of the study end to end in about a minute per unit (a check, not the GPU tier).
+    "gpu_smoke": Tier(train_limit=None, epochs=2, neighbor_warmup=1, eval_train=None, linear_epochs=1,
+                      semisup_epochs=2, device="cuda", extra=("--amp", "bf16", "--workers", "12"),
+                      eval_extra=("--num-workers", "12")),
     # Seconds-long check of the driver itself (tests, and before spending a GPU lease).
     "smoke": Tier(train_limit=512, epochs=2, neighbor_warmup=1, eval_train=1_000, linear_epochs=1,
                   semisup_epochs=1, device="cpu", extra=("--batch-size", "128", "--candidate-set-size", "1024"),
