@@ -101,3 +101,28 @@ def test_momentum_rises_from_base_to_one_along_a_half_cosine():
     assert values == pytest.approx([0.99, 1 - 0.01 * (1 + math.cos(math.pi / 4)) / 2, 0.995, 1.0], abs=1e-12)
     assert values == sorted(values)
     assert momentum_at(50, base=0.99, total_epochs=100, cosine=False) == 0.99
+
+
+def test_lars_defaults_are_moco_v3s():
+    """MoCo v3 optimizer.py LARS: weight_decay 0, momentum 0.9, trust coefficient 0.001."""
+    defaults = LARS([torch.nn.Parameter(torch.ones(2, 2))], lr=1.0).defaults
+    assert (defaults["weight_decay"], defaults["momentum"], defaults["trust_coefficient"]) == (0.0, 0.9, 0.001)
+
+
+def test_warmup_starts_at_one_millionth_by_default():
+    assert warmup_cosine_lr(0.0, peak_lr=0.8, warmup_epochs=2.0, total_epochs=10.0) == 1e-6
+
+
+@pytest.mark.parametrize("name,kind,momentum", [("lars", LARS, 0.9), ("adamw", torch.optim.AdamW, None),
+                                                ("sgd", torch.optim.SGD, 0.9)])
+def test_build_optimizer_passes_lr_and_weight_decay(name, kind, momentum):
+    optimizer = build_optimizer(name, [torch.nn.Parameter(torch.ones(2, 2))], lr=0.3, weight_decay=0.05)
+    group = optimizer.param_groups[0]
+    assert type(optimizer) is kind and (group["lr"], group["weight_decay"]) == (0.3, 0.05)
+    if momentum is not None:
+        assert group["momentum"] == momentum
+
+
+def test_build_optimizer_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'; expected lars, adamw or sgd"):
+        build_optimizer("adam", [torch.nn.Parameter(torch.ones(1))], lr=0.1, weight_decay=0.0)
