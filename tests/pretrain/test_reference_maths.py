@@ -1,6 +1,7 @@
 """One SNCLR step against a from-scratch reference written here in plain torch.
 
-The reference knows nothing of pretrain/model.py, losses.py or neighbors.py: it takes the network
+The reference knows nothing of pretrain/model.py, losses.py or neighbors.py (the last tests call
+snclr_loss directly only to hold it to the reference): it takes the network
 pieces (backbone, projector, predictor and their momentum copies) as black boxes and redoes the
 paper's arithmetic on them, so a bug shared by the model and its other tests cannot hide.
 
@@ -21,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain.losses import positiveness, snclr_loss
 from pretrain.model import SNCLR
 
 BATCH, DIM, K, TEMPERATURE = 4, 8, 3, 0.2
@@ -207,3 +209,42 @@ def test_momentum_encoder_moves_by_one_minus_m_toward_online_on_every_step():
         optimizer.step()
     assert all(not p.requires_grad for p in _target(model))
     assert math.isfinite(loss.item())
+
+
+def _unit_tensors(k: int):
+    g = torch.Generator().manual_seed(7)
+    return (torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g),
+            torch.randn(3, k, 5, generator=g))
+
+
+@pytest.mark.parametrize("form", ["paper", "official"])
+def test_a_single_neighbour_is_not_infonce(form):
+    """K = 1 goes through Eq. 2 like any K > 0, checked against this file's reference.
+
+    Mutation tried (found by mutmut): the InfoNCE shortcut taken for ``k == 1`` instead of ``k == 0``;
+    this test fails."""
+    query, attn, keys, neighbours = _unit_tensors(1)
+    expected = reference_contrast(query, attn, keys, F.normalize(neighbours.double(), dim=-1), temperature=0.5,
+                                  form=form, weighting="soft")
+    assert snclr_loss(query, attn, keys, neighbours, temperature=0.5, form=form).item() == pytest.approx(
+        expected.item(), rel=1e-6)
+
+
+def test_positiveness_temperature_defaults_to_one():
+    """tau_w = 1 by default (official code): softmax of the plain cosines.
+
+    Mutation tried (found by mutmut): default 2.0; this test fails."""
+    _, attn, _, neighbours = _unit_tensors(4)
+    cosines = torch.einsum("bd,bkd->bk", F.normalize(attn, dim=-1), F.normalize(neighbours, dim=-1))
+    assert torch.allclose(positiveness(attn, neighbours), torch.softmax(cosines, dim=-1), atol=1e-6)
+
+
+def test_loss_refuses_mismatched_inputs_with_a_message_naming_them():
+    """Mutations tried (found by mutmut): each message replaced by None; this test fails."""
+    query, attn, keys, neighbours = _unit_tensors(2)
+    with pytest.raises(ValueError, match=r"weighting='hard'; expected one of \('soft', 'binary'\)"):
+        snclr_loss(query, attn, keys, neighbours, temperature=0.2, weighting="hard")
+    with pytest.raises(ValueError, match="neighbors has 2 rows but keys has 3"):
+        snclr_loss(query, attn, keys, neighbours[:2], temperature=0.2)
+    with pytest.raises(ValueError, match=r"form='eq9'; expected one of \('paper', 'official'\)"):
+        snclr_loss(query, attn, keys, neighbours, temperature=0.2, form="eq9")
