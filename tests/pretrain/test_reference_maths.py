@@ -49,19 +49,26 @@ def reference_neighbours(keys: torch.Tensor, key_ids: torch.Tensor, memory: torc
 
 
 def reference_contrast(z: torch.Tensor, y: torch.Tensor, keys: torch.Tensor, neighbours: torch.Tensor, *,
-                       temperature: float, form: str, weighting: str, tau_w: float = 1.0) -> torch.Tensor:
-    """Mean over rows b of SNCLR's loss for query z_b whose positive is keys[b] (one process)."""
+                       temperature: float, form: str, weighting: str, tau_w: float = 1.0, offset: int = 0,
+                       valid: list[bool] | None = None) -> torch.Tensor:
+    """Mean over rows b of SNCLR's loss for query z_b whose positive is keys[offset + b]; a key marked
+    not ``valid`` brings no neighbours, neither to Z_b nor to its own row's numerator."""
     z, y = F.normalize(z.double(), dim=-1), F.normalize(y.double(), dim=-1)
     keys = F.normalize(keys.double(), dim=-1)
+    valid = [True] * len(keys) if valid is None else valid
     losses = []
     for b in range(len(z)):
-        partition = torch.exp(keys @ z[b] / temperature).sum() + torch.exp(neighbours @ z[b] / temperature).sum()
-        own = neighbours[b]                                                     # (K, d)
+        partition = torch.exp(keys @ z[b] / temperature).sum() + sum(
+            torch.exp(neighbours[j] @ z[b] / temperature).sum() for j in range(len(keys)) if valid[j])
+        positive = torch.exp(keys[offset + b] @ z[b] / temperature)
+        if not valid[offset + b]:
+            losses.append(-torch.log(positive / partition))
+            continue
+        own = neighbours[offset + b]                                            # (K, d)
         if weighting == "soft":
             weights = torch.softmax(own @ y[b] / tau_w, dim=0)
         else:
             weights = torch.ones(len(own), dtype=z.dtype)
-        positive = torch.exp(keys[b] @ z[b] / temperature)
         own_terms = torch.exp(own @ z[b] / temperature)
         if form == "paper":
             losses.append(-torch.log((positive + (weights * own_terms).sum()) / partition))
@@ -248,3 +255,33 @@ def test_loss_refuses_mismatched_inputs_with_a_message_naming_them():
         snclr_loss(query, attn, keys, neighbours[:2], temperature=0.2)
     with pytest.raises(ValueError, match=r"form='eq9'; expected one of \('paper', 'official'\)"):
         snclr_loss(query, attn, keys, neighbours, temperature=0.2, form="eq9")
+
+
+@pytest.mark.parametrize("form", ["paper", "official"])
+def test_keys_without_k_neighbours_bring_none_at_any_offset(form):
+    """Rows 1..2 of 4 keys (offset 1); key 2 has fewer than K real neighbours (mask False).
+
+    Mutations tried (found by mutmut), each failing this test: the row validity read at
+    ``offset - rows``; the mask ignored for the own-row weights (official form then gives inf);
+    ``weights >= 0`` for ``weights > 0`` in the official form (0 * -inf gives NaN)."""
+    g = torch.Generator().manual_seed(8)
+    query, attn = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    keys, neighbours = torch.randn(4, 5, generator=g), torch.randn(4, 3, 5, generator=g)
+    valid = [True, True, False, True]
+    expected = reference_contrast(query, attn, keys, F.normalize(neighbours.double(), dim=-1), temperature=0.5,
+                                  form=form, weighting="soft", offset=1, valid=valid)
+    got = snclr_loss(query, attn, keys, neighbours, temperature=0.5, form=form, offset=1,
+                     neighbor_mask=torch.tensor(valid))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_bf16_inputs_are_computed_in_fp32():
+    """Under AMP the inputs come in bf16: the loss of bf16 tensors equals the fp32 loss of the very
+    same (bf16-rounded) values, to fp32 round-off.
+
+    Mutation tried (found by mutmut): ``x.to(None)`` in _at_least_fp32 (arithmetic stays bf16); this
+    test fails."""
+    tensors = [t.bfloat16() for t in _unit_tensors(4)]
+    low = snclr_loss(*tensors, temperature=0.2)
+    high = snclr_loss(*(t.float() for t in tensors), temperature=0.2)
+    assert low.dtype == torch.float32 and low.item() == pytest.approx(high.item(), rel=1e-6)
