@@ -247,8 +247,9 @@ def test_positiveness_temperature_defaults_to_one():
 
 
 def test_loss_refuses_mismatched_inputs_with_a_message_naming_them():
-    """Mutations tried (found by mutmut): each message replaced by None; this test fails."""
-    query, attn, keys, neighbours = _unit_tensors(2)
+    """Mutations tried (found by mutmut), each failing this test: each message replaced by None; the
+    row count read from ``neighbors.shape[1]``."""
+    query, attn, keys, neighbours = _unit_tensors(4)   # K = 4: no dimension of `neighbours` is 2 but its rows
     with pytest.raises(ValueError, match=r"weighting='hard'; expected one of \('soft', 'binary'\)"):
         snclr_loss(query, attn, keys, neighbours, temperature=0.2, weighting="hard")
     with pytest.raises(ValueError, match="neighbors has 2 rows but keys has 3"):
