@@ -13,7 +13,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREAD
 
 declare -A TESTS=(
     [pretrain/losses.py]="tests/pretrain/test_losses.py tests/pretrain/test_reference_maths.py"
-    [pretrain/neighbors.py]="tests/pretrain/test_neighbors.py tests/pretrain/test_reference_maths.py"
+    [pretrain/neighbors.py]="tests/pretrain/test_neighbors.py tests/pretrain/test_candidate_set.py tests/pretrain/test_reference_maths.py"
     [pretrain/model.py]="tests/pretrain/test_reference_maths.py tests/pretrain/test_backbones.py"
     [pretrain/optim.py]="tests/pretrain/test_optim.py"
     [evaluate/loading.py]="tests/evaluate/test_loading.py"
