@@ -126,3 +126,10 @@ def test_build_optimizer_passes_lr_and_weight_decay(name, kind, momentum):
 def test_build_optimizer_refuses_an_unknown_name():
     with pytest.raises(ValueError, match="unknown optimizer 'adam'; expected lars, adamw or sgd"):
         build_optimizer("adam", [torch.nn.Parameter(torch.ones(1))], lr=0.1, weight_decay=0.0)
+
+
+def test_cosine_shorter_than_an_epoch():
+    """Warm-up 9.5 of 10 epochs: the cosine spans half an epoch, so 9.75 is its middle (peak / 2).
+
+    Mutation tried (found by mutmut): the span's floor raised from 1e-12 to ~1; this test fails."""
+    assert warmup_cosine_lr(9.75, peak_lr=0.8, warmup_epochs=9.5, total_epochs=10.0) == pytest.approx(0.4, abs=1e-12)
