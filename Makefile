@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-quick test test-fast setup clean-demo
+.PHONY: demo demo-quick test test-fast mutation setup clean-demo
 
 $(STAMP): requirements.txt requirements-detectron2.txt scripts/install_detectron2.sh scripts/get_fashion_mnist.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# Mutation testing of the number-producing modules, each with only its own tests (docs/testing.md);
+# about 20 minutes on 2 cores, not part of CI. `make mutation MODULES=pretrain/losses.py` for one.
+mutation: $(STAMP)
+	PY=$(PY) bash scripts/mutation.sh $(MODULES)
 
 clean-demo:
 	rm -rf results/demo results/demo-quick

@@ -43,3 +43,10 @@ def write_image_tree(root: Path, classes=("a", "b", "c", "d"), per_class=16, siz
 @pytest.fixture(scope="session")
 def image_tree(tmp_path_factory) -> Path:
     return write_image_tree(tmp_path_factory.mktemp("tree"))
+
+
+@pytest.fixture
+def detectron2_installed() -> None:
+    """Used through d2_support.needs_detectron2: skip only when detectron2 is not installed."""
+    from d2_support import require_detectron2
+    require_detectron2()

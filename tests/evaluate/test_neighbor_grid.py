@@ -3,6 +3,7 @@ import pytest
 
 from evaluate.neighbors import main, neighbor_grid
 from pretrain.__main__ import main as pretrain_main
+from pretrain.data import IndexedImageFolder
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def tiny_checkpoint(image_tree, tmp_path_factory):
     return out / "checkpoint.pth"
 
 
-def test_grid_png_and_neighbours(tiny_checkpoint, tmp_path):
+def test_grid_png_and_neighbours(tiny_checkpoint, image_tree, tmp_path):
     png = tmp_path / "grid.png"
     result = neighbor_grid(tiny_checkpoint, png, queries=3, k=4, seed=1)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -24,7 +25,10 @@ def test_grid_png_and_neighbours(tiny_checkpoint, tmp_path):
         assert query not in row                      # "samples from other images"
     for weights in result["positiveness"]:
         assert sum(weights) == pytest.approx(1.0, abs=1e-5)
-    assert 0.0 <= result["label_agreement"] <= 1.0
+    # Agreement recomputed from the image tree's own labels of the returned image ids.
+    targets = IndexedImageFolder(image_tree / "train").targets
+    same = [targets[n] == targets[q] for q, row in zip(result["query_ids"], result["neighbor_ids"]) for n in row]
+    assert result["label_agreement"] == pytest.approx(sum(same) / len(same))
 
 
 def test_foreign_checkpoint_is_one_line_error(tmp_path, capsys):

@@ -1,9 +1,9 @@
 """One SNCLR step on a fixed global batch; run alone or under `torchrun --nproc_per_node 2`.
 
-`ddp_step.py OUT` saves (rank 0) the loss and the updated online parameters so
-tests/pretrain/test_distributed.py can check that 2 gloo processes reproduce 1 process exactly.
-`ddp_step.py --views OUT` saves every rank's first batch of two-view pairs of one constant image,
-built the way train.py builds them (shared init seed, then per-rank streams and seeded augmentations)."""
+`ddp_step.py OUT` saves (rank 0) the loss, the updated online parameters and every BN running
+statistic so tests/pretrain/test_distributed.py can check that 2 gloo processes reproduce 1 process
+exactly. `ddp_step.py --views OUT` saves every rank's first batch of two-view pairs of one constant
+image, built the way train.py builds them (shared init seed, then per-rank streams and seeded augmentations)."""
 import sys
 from pathlib import Path
 
@@ -42,6 +42,7 @@ def main(out: str) -> None:
     if dist.is_main():
         torch.save({"loss": loss, "params": {k: v.detach().clone() for k, v in model.named_parameters()},
                     "initial": initial,
+                    "bn_stats": {k: v.clone() for k, v in model.named_buffers() if ".running_" in k},
                     "candidate_ids": model.candidate_set.image_ids.clone()}, out)
     dist.cleanup()
 

@@ -30,6 +30,12 @@ def test_two_processes_equal_one(tmp_path):
         scale = update_one.abs().max().item()
         assert (update_one - update_two).abs().max().item() <= 1e-4 * scale + 1e-7, name
     assert a["params"]["backbone.conv1.weight"].ne(a["initial"]["backbone.conv1.weight"]).any()
+    # BN running statistics (online and momentum encoders, projector, predictor) are those of the
+    # global batch. Mutation tried: running_var without the n / (n - 1) correction in
+    # CrossRankBatchNorm (parameters and loss unchanged); this assert fails.
+    assert a["bn_stats"].keys() == b["bn_stats"].keys() and "momentum_backbone.bn1.running_var" in a["bn_stats"]
+    for name, stat in a["bn_stats"].items():
+        assert torch.allclose(stat, b["bn_stats"][name], rtol=1e-4, atol=1e-6), name
 
 
 def _torchrun_views(out, port):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared"  # ../shared beside the repository root
-PYTHON = REPO / ".venv" / "bin" / "python"
+PYTHON = sys.executable  # the interpreter running the tests: a venv, conda or system install alike
 FASHION_MNIST = Path(os.environ.get("SNCLR_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 # One colour per class: a linear probe on almost any features separates them.

@@ -85,7 +85,9 @@ def test_linear_probe_learns_and_keeps_the_backbone_frozen(tmp_path):
                           num_classes=3, settings=settings, device=CPU, out_dir=tmp_path, num_workers=0,
                           tensorboard=False)
     assert result["final"]["top1"] > 80.0  # chance is 33%
-    assert result["best"]["top1"] >= result["final"]["top1"]
+    tops = [entry["val_top1"] for entry in result["history"]]
+    assert result["final"]["top1"] == tops[-1]
+    assert result["best"]["top1"] == max(tops) and result["best_epoch"] == 1 + tops.index(max(tops))
     assert list(result["final"]) == ["top1"]  # 3 classes: top-5 would be trivially 100%
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
     lines = [json.loads(line) for line in (tmp_path / "linear_metrics.jsonl").read_text().splitlines()]

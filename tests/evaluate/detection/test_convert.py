@@ -15,12 +15,10 @@ import torchvision
 from evaluate.detection.convert import (EXPECTED_TENSORS, ConversionError, convert_checkpoint,
                                             torchvision_resnet_to_detectron2, verify_with_detectron2,
                                             write_detectron2_weights)
-from evaluate.detection.d2_compat import detectron2_missing_reason
+from d2_support import needs_detectron2
 from pretrain.provenance import file_sha256
 
 REPO = Path(__file__).resolve().parents[3]
-D2_MISSING = detectron2_missing_reason()
-needs_detectron2 = pytest.mark.skipif(D2_MISSING is not None, reason=str(D2_MISSING))
 
 
 def _resnet_state(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -14,12 +14,10 @@ import pytest
 import torch
 import torchvision
 
-from evaluate.detection.d2_compat import detectron2_missing_reason
+from d2_support import needs_detectron2
 from evaluate.report.records import read_records
 from pretrain.provenance import file_sha256
 
-D2_MISSING = detectron2_missing_reason()
-needs_detectron2 = pytest.mark.skipif(D2_MISSING is not None, reason=str(D2_MISSING))
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "detectron2_configs"
