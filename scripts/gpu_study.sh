@@ -7,7 +7,7 @@
 # that priority order, starting no unit after DEADLINE_S seconds (default 330) so that it ends inside a
 # 10-minute lease; then evaluates a random-init backbone alike. At ~3 minutes a unit on one H100
 # (input-bound, see the gpu tier in study_fmnist_table4.py) one lease finishes about 3 units: the
-# whole tier (11 units) needs about 35 GPU-minutes, i.e. four such calls (units resume where they were). Writes OUT_DIR/fmnist_table4_gpu.tgz
+# whole tier (11 units) needs about 35 GPU-minutes; split UNITS over several calls (WORK is per machine). Writes OUT_DIR/fmnist_table4_gpu.tgz
 # (records, pre-training logs, configs; no checkpoints) and OUT_DIR/gpu_study.log.
 # Uses the interpreter in $PYTHON (default python3): the GPU machine brings its own torch.
 set -uo pipefail
