@@ -4,7 +4,8 @@
 
 Writes into the study folder:
 - ``curves.png``: neighbour label agreement and positiveness entropy per epoch, one line per variant
-  (mean over seeds), the Eq. 1 variant has no neighbours and so no line;
+  (mean over seeds); the Eq. 1 variant searches no neighbours and binary uses no Eq. 4 weights, so
+  they have no line in the panels that would show them;
 - ``summary.json``: per variant and protocol the mean, std and n of top-1; pairwise differences with
   whether they exceed twice the larger std; Spearman rank correlations between the fast and the
   standard linear probe over the study's checkpoints, with and without the random-init backbone; and
@@ -49,7 +50,8 @@ def read_logs(study: Path) -> pd.DataFrame:
     for path in sorted((study / "pretrain_logs").glob("*.jsonl")):
         variant, seed = unit_name(path)
         log = pd.read_json(path, lines=True)
-        log = log[log["neighbors_on"] > 0] if "neighbors_on" in log else log
+        # Eq. 1 steps (warm-up, and every step of --neighbors none) search no neighbours: nothing to plot.
+        log = log[(log["neighbors_on"] > 0) & (log["neighbor_rows"] > 0)]
         if log.empty:
             continue
         log = log.assign(epoch=log["epoch"].apply(lambda e: int(e - 1e-9) + 1))
@@ -66,6 +68,8 @@ def plot_curves(logs: pd.DataFrame, out: Path) -> None:
     for index, (column, title) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, 2, index)
         for variant, frame in logs.groupby("variant"):
+            if column == "positiveness_entropy" and variant.startswith("binary"):
+                continue   # binary weights are all 1; the monitor's Eq. 4 weights play no part there
             curve = frame.groupby("epoch")[column].mean()
             axes.plot(curve.index, curve.values, marker="o", label=variant)
         axes.set_title(title)
