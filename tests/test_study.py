@@ -56,6 +56,8 @@ def test_every_variant_has_at_least_two_seeds_and_all_five_protocols() -> None:
 
 @pytest.mark.parametrize("variant", ["none", "binary", "soft"])
 def test_records_carry_the_variant_they_are_filed_under(variant: str) -> None:
-    for path in sorted((STUDY / "records").glob(f"{variant}_s*.jsonl")):
+    files = sorted((STUDY / "records").glob(f"{variant}_s*.jsonl"))
+    assert files, f"no {variant} records under {STUDY / 'records'}"
+    for path in files:
         for line in path.read_text().splitlines():
             assert json.loads(line)["variant"]["neighbors"] == variant
