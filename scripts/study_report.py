@@ -88,8 +88,10 @@ def summarise(results: pd.DataFrame, logs: pd.DataFrame) -> dict:
         cells = stats[stats["protocol"] == protocol].set_index("variant")
         for a, b in combinations(sorted(cells.index), 2):
             diff = cells.loc[a, "mean"] - cells.loc[b, "mean"]
-            noise = 2 * max(cells.loc[a, "std"], cells.loc[b, "std"])
-            known = bool(pd.notna(noise))    # one seed on either side: no noise estimate, no verdict
+            # The larger std of the two; a one-seed side (std unknown) borrows the other side's.
+            stds = [std for std in (cells.loc[a, "std"], cells.loc[b, "std"]) if pd.notna(std)]
+            noise = 2 * max(stds) if stds else float("nan")
+            known = bool(stds)    # one seed on both sides: no noise estimate, no verdict
             summary["differences"].append({"protocol": protocol, "a": a, "b": b, "a_minus_b": round(diff, 3),
                                            "two_std": round(noise, 3) if known else None,
                                            "exceeds_2std": bool(abs(diff) > noise) if known else None})
