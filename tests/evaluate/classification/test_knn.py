@@ -1,7 +1,6 @@
 """Weighted kNN: a case checkable by hand, chunking that changes nothing, and the guard on k."""
 from __future__ import annotations
 
-import math
 import subprocess
 
 import pytest
