@@ -63,6 +63,7 @@ def read_logs(study: Path) -> pd.DataFrame:
 def plot_curves(logs: pd.DataFrame, out: Path) -> None:
     figure = Figure(figsize=(10, 4))
     FigureCanvasAgg(figure)
+    colours = {variant: f"C{index}" for index, variant in enumerate(sorted(logs["variant"].unique()))}
     panels = (("neighbor_agreement", "neighbour label agreement (top-K)"),
               ("positiveness_entropy", "positiveness entropy (nats; log K = uniform)"))
     for index, (column, title) in enumerate(panels, start=1):
@@ -71,7 +72,7 @@ def plot_curves(logs: pd.DataFrame, out: Path) -> None:
             if column == "positiveness_entropy" and variant.startswith("binary"):
                 continue   # binary weights are all 1; the monitor's Eq. 4 weights play no part there
             curve = frame.groupby("epoch")[column].mean()
-            axes.plot(curve.index, curve.values, marker="o", label=variant)
+            axes.plot(curve.index, curve.values, marker="o", label=variant, color=colours[variant])
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
