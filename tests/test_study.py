@@ -30,7 +30,7 @@ def table4_block(markdown: str) -> str:
 def test_readme_table_is_what_the_builder_makes_of_the_records() -> None:
     readme = (STUDY / "README.md").read_text(encoding="utf-8")
     shipped = readme[readme.index(BEGIN) + len(BEGIN): readme.index(END)].strip()
-    built = subprocess.run([sys.executable, "-m", "evaluate", "tables", str(STUDY / "records")], cwd=ROOT,
+    built = subprocess.run([sys.executable, "-m", "evaluate", "tables", str(STUDY)], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     assert table4_block(built.stdout) == shipped
