@@ -2,7 +2,10 @@
 # One prepared command for a CUDA machine (under 8 minutes): step time, images/s and peak memory of
 # ResNet-50/224, batch 256, bf16, with and without K=30 neighbours (synthetic inputs already on the
 # GPU: this times the step, not the input pipeline); host-sync and bf16 checks of the neighbour search;
-# the CPU input pipeline for 1..8 workers; a 1-GPU torchrun smoke run of `python -m pretrain`.
+# the CPU input pipeline for 1..8 workers; a 1-GPU torchrun smoke run of `python -m pretrain`; the
+# input pipelines of --data-pipeline side by side (device at 32 px, DALI at 224 px), a Fashion-MNIST
+# epoch with the device pipeline against the PIL loader, and the ResNet-50/224 training step fed by
+# DALI (4 threads) against the PIL loader (16 workers) on real JPEGs.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]            # OUT_DIR defaults to $OUT, else runs/gpu_check
 #   bash benchmarks/gpu_check.sh --dry-run [OUT_DIR]  # tiny CPU version of every part (tests the script)
@@ -38,10 +41,19 @@ if [ "$DRY" = 1 ]; then
     DEVICE=cpu; AMP=off; STEP_ARGS="--setting resnet18_32 --batch 8 --steps 1"
     DATA_ARGS="--images 4 --rounds 1 --workers 1 --batch 2 --batches 1"
     SMOKE_ARGS="--device cpu --amp off"
+    PIPE_ARGS="--device cpu --workers 0 --dali-threads 1 --images 4 --batch 4 --batches 1"
+    UNIT_ARGS="--device cpu --amp off --workers 1 --train-limit 64 --batch-size 16 --max-steps-per-epoch 2 --candidate-set-size 64 --k 4"
+    INPUT_ARGS="--recipe fmnist_resnet18_cpu --device cpu --amp off --batch-size 8 --epochs 2 --max-steps-per-epoch 3 --candidate-set-size 64 --k 4"
+    JPEGS=8; PIL_WORKERS=1; DALI_THREADS=1
 else
     DEVICE=cuda; AMP=bf16; STEP_ARGS="--setting resnet50_224 --batch 256 --steps 5"
     DATA_ARGS="--images 128 --rounds 1 --workers 1,2,4,8 --batch 8 --batches 3"
     SMOKE_ARGS="--device cuda --amp bf16"
+    PIPE_ARGS="--device cuda --workers 8,16 --dali-threads 2,4 --images 256 --batch 128 --batches 2"
+    UNIT_ARGS="--device cuda --amp bf16"
+    # 8 epochs of 8 steps: many more batches than loader workers, so their first prefetch cannot hide the rate.
+    INPUT_ARGS="--recipe resnet50_100ep --device cuda --amp bf16 --batch-size 256 --epochs 8 --max-steps-per-epoch 8 --neighbor-warmup-epochs 0"
+    JPEGS=2048; PIL_WORKERS=16; DALI_THREADS=4
 fi
 
 # part NAME SECONDS COMMAND...: run under timeout, log its output, record status/rc/seconds.
@@ -174,6 +186,47 @@ part torchrun_smoke 120 "$PY" -m torch.distributed.run --standalone --nproc_per_
     $SMOKE_ARGS
 cp "$WORK/smoke_run/metrics.jsonl" "$PARTS/torchrun_smoke_metrics.jsonl" 2>/dev/null
 
+# The pipelines of --data-pipeline side by side: device at 32 px, DALI at 224 px (GPU decode), PIL loaders.
+part pipelines 150 "$PY" benchmarks/data_pipeline.py --pipelines $PIPE_ARGS --json "$PARTS/pipelines.json"
+
+# One Fashion-MNIST epoch of the CPU recipe on this device, device pipeline against 12 PIL loader
+# workers (random IDX files of Fashion-MNIST's shape where no copy is installed: the cost is the same).
+part fmnist_data 30 "$PY" - "$WORK/fmnist" <<'PYEOF'
+import gzip, sys
+from pathlib import Path
+import numpy as np
+from pretrain.data import DataError, resolve_fashion_mnist_dir
+out = Path(sys.argv[1])
+out.mkdir(parents=True)
+try:
+    source = resolve_fashion_mnist_dir(None)
+    for name in source.iterdir():
+        (out / name.name).symlink_to(name)
+except DataError:
+    rng = np.random.default_rng(0)
+    for stem, header, data in (("train-images-idx3-ubyte", (3, 60000, 28, 28), rng.integers(0, 256, (60000, 28, 28))),
+                               ("train-labels-idx1-ubyte", (1, 60000), np.arange(60000) % 10)):
+        with gzip.open(out / f"{stem}.gz", "wb") as handle:
+            handle.write(bytes([0, 0, 8, header[0]]) + b"".join(v.to_bytes(4, "big") for v in header[1:]))
+            handle.write(data.astype(np.uint8).tobytes())
+PYEOF
+for pipe in device pil; do
+    part "fmnist_epoch_$pipe" 120 "$PY" -m pretrain --recipe fmnist_resnet18_cpu --data-dir "$WORK/fmnist" \
+        --epochs 1 --workers 12 --log-every 5 --data-pipeline "$pipe" --output-dir "$WORK/unit_$pipe" $UNIT_ARGS
+    cp "$WORK/unit_$pipe/metrics.jsonl" "$PARTS/fmnist_epoch_${pipe}_metrics.jsonl" 2>/dev/null
+done
+
+# The training step fed from real JPEGs: DALI with $DALI_THREADS threads, PIL with $PIL_WORKERS workers.
+part input_jpegs 90 "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
+from data_pipeline import make_jpegs; make_jpegs(Path('$WORK/jpegs'), $JPEGS, 500, 375)"
+for pipe in dali pil; do
+    workers=$([ "$pipe" = dali ] && echo "$DALI_THREADS" || echo "$PIL_WORKERS")
+    part "input_step_$pipe" 150 "$PY" -m pretrain $INPUT_ARGS --dataset imagefolder --data-dir "$WORK/jpegs" \
+        --train-limit none --warmup-epochs 1 --log-every 1 --data-pipeline "$pipe" --workers "$workers" \
+        --output-dir "$WORK/input_$pipe"
+    cp "$WORK/input_$pipe/metrics.jsonl" "$PARTS/input_step_${pipe}_metrics.jsonl" 2>/dev/null
+done
+
 "$PY" - "$PARTS" "$OUT_DIR/results.json" "$DRY" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -186,9 +239,14 @@ for status in sorted(parts.glob("*.status.json")):
     if numbers.exists():
         entry["result"] = json.loads(numbers.read_text())
     results["parts"][name] = entry
-metrics = parts / "torchrun_smoke_metrics.jsonl"
-if metrics.exists():
-    results["parts"]["torchrun_smoke"]["metrics"] = [json.loads(l) for l in metrics.read_text().splitlines()]
+for metrics in sorted(parts.glob("*_metrics.jsonl")):
+    name = metrics.name[:-len("_metrics.jsonl")]
+    rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+    if name in results["parts"]:
+        results["parts"][name]["metrics"] = rows
+        # Steady state: the median images/s of the last half of the logged steps (cuDNN tuning excluded).
+        rates = sorted(r["images_per_s"] for r in rows[len(rows) // 2:])
+        results["parts"][name]["median_images_per_s"] = rates[len(rates) // 2] if rates else None
 out.write_text(json.dumps(results, indent=1))
 print(json.dumps({name: entry["status"] for name, entry in results["parts"].items()}))
 PYEOF

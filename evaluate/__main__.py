@@ -1,12 +1,15 @@
 """``python -m evaluate SUBCOMMAND ...``: one entry point for every evaluator.
 
 Each subcommand is a ``module:function`` taking ``argv``; modules are imported only when their
-subcommand runs, so a missing optional dependency (detectron2) affects that subcommand alone.
+subcommand runs, so a missing optional dependency (detectron2) affects that subcommand alone. Each
+function is wrapped by :func:`pretrain.errors.cli_main`: bad input exits 2 with one ``error:`` line.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from pretrain.errors import UsageError, cli_main
 
 SUBCOMMANDS = {
     "linear": ("evaluate.classification.linear:main", "linear probe on a frozen backbone (MoCo v3 protocol)"),
@@ -29,13 +32,14 @@ def usage() -> str:
             + "\n\n`python -m evaluate SUBCOMMAND --help` lists a subcommand's flags.")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
     if argv[0] not in SUBCOMMANDS:
-        raise SystemExit(f"error: unknown subcommand {argv[0]!r}; expected one of {', '.join(SUBCOMMANDS)}")
+        raise UsageError(f"unknown subcommand {argv[0]!r}; expected one of {', '.join(SUBCOMMANDS)}")
     module_name, function_name = SUBCOMMANDS[argv[0]][0].split(":")
     code = getattr(importlib.import_module(module_name), function_name)(argv[1:])
     if code:
@@ -44,4 +48,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -37,9 +38,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pretrain.backbones import RESNETS, VITS, build_backbone, build_mocov3_vit
-from pretrain.provenance import file_sha256
-from pretrain.safe_load import UntrustedFileError, torch_load
+from pretrain.backbones import RESNETS, SMALL_IMAGE_RESNETS, VITS, build_backbone, build_mocov3_vit
+from pretrain.identity import checkpoint_identity
+from pretrain.fileio import file_problem
+from pretrain.safe_load import UntrustedFileError, printable, torch_load
 from evaluate.errors import BackboneLoadError
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ SNCLR_FORMAT = "snclr-bench/pretrain/v1"
 _HEAD_PREFIXES = ("fc.", "head.", "head_dist.")
 _RESNET_DEPTHS = {(2, 2, 2, 2, False): "resnet18", (3, 4, 6, 3, False): "resnet34",
                   (3, 4, 6, 3, True): "resnet50", (3, 4, 23, 3, True): "resnet101"}
+# The small-image stem by the depth it is built on (conv1 is 3x3 instead of 7x7).
+_SMALL_IMAGE_BY_DEPTH = {depth: name for name, depth in SMALL_IMAGE_RESNETS.items()}
 
 
 @dataclass
@@ -67,14 +71,17 @@ class LoadedBackbone:
     vit_heads_source: str | None = None
 
 
-def _torch_load(path: Path, trust: bool):
+def _torch_load(path: Path, trust: bool) -> tuple[object, str]:
+    """(the checkpoint's contents, sha256 of the bytes they were read from): one read, so the hash a
+    record carries is that of what was loaded."""
     try:
-        return torch_load(path, trust=trust)
+        data = path.read_bytes()
+        return torch_load(path, trust=trust, data=data), hashlib.sha256(data).hexdigest()
     except UntrustedFileError as error:
         raise BackboneLoadError(str(error)) from None
     except Exception as error:  # noqa: BLE001 - a non-checkpoint file fails in many ways (e.g. KeyError)
-        raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0][:120] if str(error) else ''})") from None
+        detail = printable(str(error).splitlines()[0]) if str(error) else ""
+        raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {detail})") from None
 
 
 def _is_state_dict(obj) -> bool:
@@ -106,14 +113,8 @@ def split_source(obj, path: Path) -> tuple[dict, str, list[str], dict]:
     if isinstance(obj, dict) and obj.get("format") == SNCLR_FORMAT:
         config = obj.get("config", {})
         backbone, dropped = _take_prefix(obj["model"], "backbone.")
-        variant = {k: config[k] for k in ("neighbors", "k", "loss_form", "positiveness_temperature") if k in config}
-        if variant.get("neighbors") == "none":   # Eq. 1: K and the loss form played no part
-            variant = {"neighbors": "none"}
-        elif variant.get("neighbors") == "binary":  # binary weights are all 1: tau_w played no part
-            variant.pop("positiveness_temperature", None)
         meta = {"method": config.get("method", "SNCLR"), "pretrain_epochs": obj.get("epoch"),
-                "arch": config.get("backbone"), "image_size": config.get("image_size"), "variant": variant,
-                **pretrain_schedule(obj)}
+                "arch": config.get("backbone"), "image_size": config.get("image_size"), **pretrain_schedule(obj)}
         return backbone, "snclr", dropped, meta
     if isinstance(obj, dict) and ("teacher" in obj or "student" in obj):
         key = "teacher" if "teacher" in obj else "student"
@@ -157,7 +158,13 @@ def detect_arch(state: dict) -> tuple[str, int]:
         key = (*blocks, "layer1.0.conv3.weight" in state)
         if key not in _RESNET_DEPTHS:
             raise BackboneLoadError(f"ResNet with blocks {blocks} is not one of {', '.join(RESNETS)}")
-        return _RESNET_DEPTHS[key], 224
+        kernel = tuple(state["conv1.weight"].shape[-2:])
+        if kernel == (7, 7):
+            return _RESNET_DEPTHS[key], 224
+        if kernel == (3, 3) and _RESNET_DEPTHS[key] in _SMALL_IMAGE_BY_DEPTH:
+            return _SMALL_IMAGE_BY_DEPTH[_RESNET_DEPTHS[key]], 32
+        raise BackboneLoadError(f"{_RESNET_DEPTHS[key]} with a {kernel[0]}x{kernel[1]} first convolution matches "
+                                f"none of {', '.join(RESNETS)} (7x7) or {', '.join(SMALL_IMAGE_RESNETS)} (3x3)")
     if "cls_token" in state and "patch_embed.proj.weight" in state:
         dim, _, patch, _ = state["patch_embed.proj.weight"].shape
         depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
@@ -234,9 +241,12 @@ def load_backbone_state_dict(path: str | os.PathLike, arch: str | None = None, *
     (``--trust-checkpoint``); ``vit_heads`` sets a ViT's head count (``--vit-heads``, see vit_heads_for).
     """
     path = Path(path)
-    if not path.is_file():
-        raise BackboneLoadError(f"checkpoint {path} does not exist")
-    obj = _torch_load(path, trust)
+    problem = file_problem(path)
+    if problem:
+        raise BackboneLoadError(f"checkpoint {path} {problem}")
+    if path.stat().st_size == 0:
+        raise BackboneLoadError(f"{path}: empty file (0 bytes), not a checkpoint")
+    obj, sha256 = _torch_load(path, trust)
     state, fmt, dropped, meta = split_source(obj, path)
     if not state:
         raise BackboneLoadError(f"{path}: detected format {fmt!r} but it holds no backbone tensors")
@@ -247,6 +257,13 @@ def load_backbone_state_dict(path: str | os.PathLike, arch: str | None = None, *
         raise BackboneLoadError(f"{path}: {error} (format {fmt!r}, key prefixes {prefixes})") from None
     if arch is not None and arch != detected:
         raise BackboneLoadError(f"{path}: holds a {detected} backbone, but --arch {arch} was requested")
+    if fmt == "snclr" and meta.get("arch") not in (None, detected):
+        raise BackboneLoadError(f"{path}: its config names backbone {meta['arch']!r} but the tensors are a {detected}")
+    if detected in SMALL_IMAGE_RESNETS and fmt != "snclr":
+        # The stem's padding changes the function, not a shape: solo-learn pads by 2, ours by 1.
+        raise BackboneLoadError(f"{path}: a 3x3-stem ResNet in {fmt!r} format does not record its stem padding "
+                                f"(solo-learn pads by 2, {detected} by 1); only our checkpoints, whose config "
+                                "names the backbone, load as " + detected)
     heads, heads_source = None, None
     if detected in VITS:
         heads, heads_source = vit_heads_for(detected, fmt, meta, vit_heads, path)
@@ -254,9 +271,12 @@ def load_backbone_state_dict(path: str | os.PathLike, arch: str | None = None, *
         raise BackboneLoadError(f"{path}: --vit-heads applies to ViT backbones, this one is a {detected}")
     reference = build_backbone(detected, image_size)[0].state_dict()
     matched, head_dropped = _strict_match(state, reference, path)
+    identity = checkpoint_identity(obj, sha256, fmt)
+    # In meta, so the detection converter's sidecar carries the identity on to the detection record.
+    meta = {**meta, "model_id": identity.model_id, "pretrain_seed": identity.seed, "pretrain_config": identity.config}
     log.info("loaded %s backbone from %s (%s format, %d tensors, %d keys dropped%s)", detected, path, fmt,
              len(matched), len(dropped) + len(head_dropped), f", {heads} heads: {heads_source}" if heads else "")
-    return LoadedBackbone(state_dict=matched, arch=detected, source_format=fmt, sha256=file_sha256(path),
+    return LoadedBackbone(state_dict=matched, arch=detected, source_format=fmt, sha256=sha256,
                           path=str(path), image_size=image_size, dropped_keys=dropped + head_dropped,
                           meta=meta, vit_heads=heads, vit_heads_source=heads_source)
 

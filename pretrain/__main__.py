@@ -6,7 +6,9 @@ e.g. `torchrun --nproc_per_node 8 -m pretrain --recipe resnet50_800ep --data-dir
 on SLURM use `python -m pretrain.submit`.
 
 SIGTERM or Ctrl-C saves at the next step boundary and exits 0; rerunning the same command resumes
-from OUTPUT_DIR/checkpoint.pth exactly where it stopped.
+from OUTPUT_DIR/checkpoint.pth exactly where it stopped. DataLoader workers ignore these signals, so
+signalling the whole process group (as SLURM and systemd do) stops the run the same way. A second
+signal before that save ends the run at once, unsaved, with a line naming the last checkpoint.
 """
 from __future__ import annotations
 
@@ -14,48 +16,46 @@ import argparse
 import logging
 import sys
 
-from pretrain.checkpoint import CheckpointError
-from pretrain.config import ConfigError, add_override_flags, recipe_names, resolve
-from pretrain.data import DataError
-from pretrain.fileio import OutputDirError
+from pretrain.config import add_override_flags, recipe_names, resolve
+from pretrain.errors import ArgumentParser, cli_main
+from pretrain.safe_load import TRUST_FLAG
+
+# Flags that steer this command rather than set a config field.
+CLI_ONLY = ("recipe", "resume", "extend_schedule", "trust_checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m pretrain", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help=f"one of {', '.join(recipe_names())}, or a YAML path")
     parser.add_argument("--resume", default=None, help="checkpoint to resume from (default: OUTPUT_DIR/"
                         "checkpoint.pth when it exists)")
     parser.add_argument("--extend-schedule", action="store_true",
                         help="allow a resumed run to grow --epochs (the cosine schedule is stretched from "
                              "the current step; the change is recorded in the checkpoint)")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="allow the checkpoint resumed from to be fully unpickled if it holds more than tensors "
+                             "and allow-listed types; unpickling can run code, so only for files you trust")
     add_override_flags(parser)
     return parser
 
 
-def one_line(error: BaseException) -> str:
-    """The error's own line. An error raised in a DataLoader worker arrives re-wrapped with the
-    worker's traceback; its last line is the original message."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else type(error).__name__
-    return line.removeprefix(f"{type(error).__module__}.{type(error).__name__}: ")
-
-
+@cli_main
 def main(argv: list[str] | None = None, stop=None) -> int:
-    """Run the CLI; ``stop`` (a :class:`pretrain.train.StopRequest`) chooses the stop signals."""
+    """Run the CLI; ``stop`` (a :class:`pretrain.train.StopRequest`) chooses the stop signals.
+
+    Bad input exits 2 and a diverged run 3, each with one ``error:`` line (:mod:`pretrain.errors`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items() if k not in ("recipe", "resume", "extend_schedule")}
+    overrides = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
+    config = resolve(args.recipe, overrides)
+    from pretrain.train import StopInsisted, train
     try:
-        config = resolve(args.recipe, overrides)
-        from pretrain.train import train
-        result = train(config, resume=args.resume, extend_schedule=args.extend_schedule, stop=stop)
-    except (ConfigError, CheckpointError, DataError, OutputDirError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except FloatingPointError as error:   # a diverged run: nothing poisoned was saved
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 3
+        result = train(config, resume=args.resume, extend_schedule=args.extend_schedule, stop=stop,
+                       trust_checkpoint=args.trust_checkpoint)
+    except StopInsisted as error:   # not an error of input: the user stopped the run twice
+        print(f"stopped: {error}", file=sys.stderr)
+        return 128 + error.signum
     if result.finished:
         print(f"checkpoint: {result.checkpoint}")
     else:

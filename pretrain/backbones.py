@@ -1,4 +1,4 @@
-"""Backbone builders: torchvision ResNets and timm ViTs with MoCo v3's changes.
+"""Backbone builders: torchvision ResNets (ImageNet or small-image stem) and timm ViTs with MoCo v3's changes.
 
 Every builder returns ``(module, feature_dim)``; the module maps images (B, 3, H, W) to the
 representation used downstream: the global-pooled ResNet feature (2048-d for ResNet-50) or the ViT
@@ -14,6 +14,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torchvision
+
+from pretrain.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,15 @@ RESNETS = {
     "resnet101": torchvision.models.resnet101,
 }
 
+# The small-image ("CIFAR") stem: a 3x3 stride-1 first convolution and no max-pool, so a 32 px input
+# reaches layer4 as a 4x4 map instead of torchvision's 1x1 (He et al., 2016, Sec. 4.2 use 3x3 at
+# 32 px; lightly's ResNetGenerator, lightly/models/resnet.py, and solo-learn's methods/base.py swap
+# torchvision's stem this way for CIFAR). Padding is 1 as in lightly; solo-learn pads by 2 (a 34 px
+# map, 5x5 at layer4): the same tensor shapes but another function, so a solo-learn CIFAR checkpoint
+# is refused by evaluate/loading.py rather than run through this stem. Every tensor keeps
+# torchvision's name; only conv1.weight changes shape, (64, 3, 3, 3) instead of (64, 3, 7, 7).
+SMALL_IMAGE_RESNETS = {"resnet18_cifar": "resnet18"}
+
 VITS = {
     # MoCo v3 (vits.py) gives ViT-S 12 heads instead of DeiT's 6: "ViT-S with 12 heads".
     "vit_small": ViTSpec(patch_size=16, embed_dim=384, depth=12, num_heads=12),
@@ -39,10 +50,10 @@ VITS = {
     "vit_tiny": ViTSpec(patch_size=4, embed_dim=192, depth=6, num_heads=3),
 }
 
-BACKBONES = tuple(RESNETS) + tuple(VITS)
+BACKBONES = tuple(RESNETS) + tuple(SMALL_IMAGE_RESNETS) + tuple(VITS)
 
 
-class UnknownBackboneError(ValueError):
+class UnknownBackboneError(UserError, ValueError):
     pass
 
 
@@ -57,9 +68,21 @@ def build_backbone(name: str, image_size: int = 224) -> tuple[nn.Module, int]:
         feature_dim = model.fc.in_features
         model.fc = nn.Identity()
         return model, feature_dim
+    if name in SMALL_IMAGE_RESNETS:
+        return build_small_image_resnet(SMALL_IMAGE_RESNETS[name])
     if name in VITS:
         return build_mocov3_vit(VITS[name], image_size), VITS[name].embed_dim
     raise UnknownBackboneError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+
+
+def build_small_image_resnet(depth_name: str) -> tuple[nn.Module, int]:
+    """torchvision ResNet ``depth_name`` with the small-image stem (see SMALL_IMAGE_RESNETS)."""
+    model, feature_dim = build_backbone(depth_name)
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    # torchvision's own initialisation of every conv (ResNet.__init__), so only the shape differs.
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model, feature_dim
 
 
 def sincos_position_embedding(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:

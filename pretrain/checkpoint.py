@@ -8,14 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain.fileio import atomic_write
-from pretrain.safe_load import torch_load
+from pretrain.errors import UserError
+from pretrain.fileio import atomic_write, file_problem
+from pretrain.identity import RUN_ONLY_KEYS
+from pretrain.safe_load import UntrustedFileError, printable, torch_load
 
 FORMAT = "snclr-bench/pretrain/v1"
 LATEST = "checkpoint.pth"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used; the message names the file and what was expected."""
 
 
@@ -42,17 +44,24 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_pretrain_checkpoint(path: str | os.PathLike, expect: dict | None = None) -> dict:
+def load_pretrain_checkpoint(path: str | os.PathLike, expect: dict | None = None, *, trust: bool = False) -> dict:
     """Read one of our pre-training checkpoints; refuse corrupt or foreign files, and (with
-    ``expect``) checkpoints whose config disagrees on a key that fixes the model's shape."""
+    ``expect``) checkpoints whose config disagrees on a key that fixes the model's shape. ``trust``
+    (``--trust-checkpoint``) allows a full unpickle of a file the data-only reader refuses."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} {problem}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint (a copy or save that never "
+                              "completed?)")
     try:
-        state = torch_load(path)  # data only, with the evaluators' allow-list (pretrain.safe_load)
+        state = torch_load(path, trust=trust)  # data only, with the evaluators' allow-list (pretrain.safe_load)
+    except UntrustedFileError as error:   # names the file, every offending global and the flag
+        raise CheckpointError(str(error)) from None
     except Exception as error:  # noqa: BLE001 - any failure to unpickle means unusable
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0][:120]})") from None
+        detail = printable(str(error).splitlines()[0]) if str(error) else ""
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(error).__name__}: {detail})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not an snclr-bench pre-training checkpoint (format {found!r}, "
@@ -67,10 +76,11 @@ def load_pretrain_checkpoint(path: str | os.PathLike, expect: dict | None = None
     return state
 
 
-# Config keys a resume may change: where things are and how fast or verbosely they run. Every other
-# key changes the result (the trained weights, or what the checkpoint claims to be), so a resume
-# with another value is refused rather than silently relabelling the run.
-RESUME_FREE_KEYS = frozenset({"data_dir", "output_dir", "device", "workers", "log_every", "save_every"})
+# Config keys a resume may change: the run-only keys that model identity leaves out too
+# (pretrain/identity.py). Every other key changes the result (the trained weights, or what the
+# checkpoint claims to be), so a resume with another value is refused rather than silently
+# relabelling the run.
+RESUME_FREE_KEYS = RUN_ONLY_KEYS
 
 
 def check_resume_identity(path: str | os.PathLike, saved: dict, current: dict, defaults: dict,
@@ -93,8 +103,10 @@ def check_resume_identity(path: str | os.PathLike, saved: dict, current: dict, d
                               f"{hint + '; ' if hint else ''}use the checkpoint's values or another --output-dir")
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """A tensor about to be saved holds NaN or inf; the message names it."""
+
+    exit_status = 3   # a diverged run, not a bad flag: scripts that retry with a lower lr tell them apart
 
 
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:

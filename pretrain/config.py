@@ -10,12 +10,13 @@ from pathlib import Path
 
 import yaml
 
+from pretrain.errors import UserError
 from pretrain.fileio import atomic_write_text
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe or override that cannot be used; the message names the file / key / flag."""
 
 
@@ -23,13 +24,22 @@ class ConfigError(ValueError):
 class PretrainConfig:
     """Every setting of a run. Defaults are the paper's ResNet-50 setting (SNCLR Sec. 4.1, App. A);
     recipes in ``pretrain/recipes`` fix the rest per backbone and schedule."""
-    method: str = "SNCLR"
+    method: str = "SNCLR"                  # or "supervised": the same backbone, views and schedule with labels
     backbone: str = "resnet50"
     dataset: str = "imagefolder"           # "imagefolder" (ImageNet layout: DIR/train/<class>/...) or "fashion-mnist"
     data_dir: str | None = None
     train_limit: int | None = None         # class-balanced subset of the training set (CPU recipes, tests)
     image_size: int = 224
     min_scale: float = 0.08                # RandomResizedCrop lower scale (BYOL / MoCo v3)
+    data_pipeline: str = "auto"            # pil | device | dali; auto is resolved at train time and recorded
+    # Two-view augmentation (BYOL Table 6, as MoCo v3 uses it); the per-view probabilities are view 1, view 2.
+    jitter_strength: float = 1.0           # scales BYOL's ColorJitter(0.4, 0.4, 0.2, 0.1)
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p1: float = 1.0
+    blur_p2: float = 0.1
+    solarize_p1: float = 0.0
+    solarize_p2: float = 0.2
     epochs: int = 100
     batch_size: int = 4096                 # global batch, split over all ranks
     optimizer: str = "lars"                # LARS for ResNet, AdamW for ViT (MoCo v3 main_moco.py)
@@ -61,13 +71,16 @@ class PretrainConfig:
     def validate(self) -> None:
         from pretrain.backbones import BACKBONES
         from pretrain.data import DATASETS
-        from pretrain.model import NEIGHBOR_MODES
+        from pretrain.model import METHODS, NEIGHBOR_MODES
         from pretrain.losses import LOSS_FORMS
+        from pretrain.pipelines import PIPELINES
         checks = [
+            (self.method in METHODS, "method", f"one of {', '.join(METHODS)} (the supervised upper bound)"),
             (self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES)}"),
             (self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}"),
             (self.neighbors in NEIGHBOR_MODES, "neighbors", f"one of {', '.join(NEIGHBOR_MODES)}"),
             (self.loss_form in LOSS_FORMS, "loss_form", f"one of {', '.join(LOSS_FORMS)}"),
+            (self.data_pipeline in PIPELINES, "data_pipeline", f"one of {', '.join(PIPELINES)}"),
             (self.optimizer in ("lars", "adamw", "sgd"), "optimizer", "lars, adamw or sgd"),
             (self.amp in ("auto", "bf16", "fp16", "off"), "amp", "auto, bf16, fp16 or off"),
             (self.k >= 0, "k", "a non-negative integer"),
@@ -91,6 +104,9 @@ class PretrainConfig:
             (self.warmup_epochs >= 0, "warmup_epochs", "a non-negative number of epochs"),
             (self.neighbor_warmup_epochs >= 0, "neighbor_warmup_epochs", "a non-negative number of epochs"),
             (0 < self.min_scale <= 1, "min_scale", "a crop scale in (0, 1]"),
+            (self.jitter_strength >= 0, "jitter_strength", "a non-negative factor of BYOL's colour jitter"),
+            *((0 <= getattr(self, key) <= 1, key, "a probability in [0, 1]")
+              for key in ("jitter_p", "grayscale_p", "blur_p1", "blur_p2", "solarize_p1", "solarize_p2")),
             (0 <= self.momentum <= 1, "momentum", "an EMA coefficient in [0, 1]"),
         ]
         for ok, key, expected in checks:
@@ -109,22 +125,47 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def _read_yaml(path: Path) -> dict:
+def yaml_error_line(path: str | os.PathLike, error: yaml.YAMLError) -> str:
+    """``PATH:LINE:COLUMN: not valid YAML (problem)``: PyYAML's own text spans several lines and
+    ends with a caret under the column, which is meaningless once the lines are joined."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    return f"{where}: not valid YAML ({f'{context}: ' if context else ''}{problem})"
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The recipe at ``path`` merged over its ``base:`` recipes; ``chain`` holds the files that
+    include this one, so that a loop of ``base:`` keys is refused instead of recursing forever."""
+    if path.resolve() in chain:
+        loop = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"{chain[-1]}: base: {path} makes a loop ({loop}); a recipe cannot include itself")
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "missing"
+        raise ConfigError(f"{chain[-1]}: base: {path} is {what}, expected a recipe file" if chain
+                          else f"{path} is {what}, expected a recipe YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        raise ConfigError(yaml_error_line(path, error)) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys")
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     base = data.pop("base", None)
     if base:
-        data = {**_read_yaml(path.parent / base), **data}
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: expected a recipe file name, got {base!r}")
+        data = {**_read_yaml(path.parent / base, (*chain, path.resolve())), **data}
     return data
 
 
 def load_recipe(name_or_path: str) -> dict:
     """Recipe by name (``pretrain/recipes/NAME.yaml``) or by path; returns the merged key/values."""
     path = Path(name_or_path)
+    if path.is_dir():
+        raise ConfigError(f"--recipe {name_or_path} is a folder, expected a recipe YAML file or name")
     if not path.suffix:
         path = RECIPE_DIR / f"{name_or_path}.yaml"
     if not path.is_file():

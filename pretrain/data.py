@@ -16,9 +16,8 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision import datasets, transforms
 
-# torchvision's ImageNet statistics, used by every backbone here and by the detectron2 configs.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pretrain.augment import BLUR_SIGMA_224, IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, ViewSpec, byol_spec
+from pretrain.errors import UserError
 
 FASHION_MNIST_ENV = "SNCLR_FASHION_MNIST"
 # Where Debian's package `dataset-fashion-mnist` installs the IDX files.
@@ -28,7 +27,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 DATASETS = ("fashion-mnist", "imagefolder")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Unusable data on disk; the message names the path and what was expected."""
 
 
@@ -153,10 +152,6 @@ def dataset_targets(dataset: torch.utils.data.Dataset) -> np.ndarray:
     return np.asarray(dataset.targets)
 
 
-# BYOL Table 6 / MoCo v3 main_moco.py: Gaussian blur with sigma drawn from [0.1, 2.0] at 224 px.
-BLUR_SIGMA_224 = (0.1, 2.0)
-
-
 class PILGaussianBlur:
     """Gaussian blur with PIL's ``ImageFilter.GaussianBlur``, as MoCo v3's and BYOL's reference code do.
 
@@ -183,25 +178,34 @@ class PILGaussianBlur:
 def byol_view_transform(image_size: int, blur_p: float, solarize_p: float,
                         min_scale: float = 0.08) -> transforms.Compose:
     """One view of BYOL's asymmetric augmentation (Grill et al., 2020, Table 6), as MoCo v3 uses it."""
+    return spec_view_transform(AugmentSpec(image_size, min_scale), ViewSpec(blur_p, solarize_p))
+
+
+def spec_view_transform(spec: AugmentSpec, view: ViewSpec) -> transforms.Compose:
+    """The PIL reference of one view of ``spec`` (:mod:`pretrain.augment`), with torchvision's samplers."""
     return transforms.Compose([
-        transforms.RandomResizedCrop(image_size, scale=(min_scale, 1.0)),
-        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        transforms.RandomGrayscale(p=0.2),
-        transforms.RandomApply([PILGaussianBlur(image_size)], p=blur_p),
-        transforms.RandomSolarize(threshold=128, p=solarize_p),
-        transforms.RandomHorizontalFlip(),
+        transforms.RandomResizedCrop(spec.image_size, scale=(spec.min_scale, 1.0), ratio=spec.ratio),
+        transforms.RandomApply([transforms.ColorJitter(*spec.jitter)], p=spec.jitter_p),
+        transforms.RandomGrayscale(p=spec.grayscale_p),
+        transforms.RandomApply([PILGaussianBlur(spec.image_size)], p=view.blur_p),
+        transforms.RandomSolarize(threshold=spec.solarize_threshold, p=view.solarize_p),
+        transforms.RandomHorizontalFlip(p=spec.flip_p),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
 
 class TwoViews:
-    """BYOL's asymmetric pair: view 1 always blurred and never solarised, view 2 rarely blurred and
-    solarised with p=0.2 (Grill et al., 2020, Table 6; MoCo v3 main_moco.py)."""
+    """BYOL's asymmetric pair: by default view 1 always blurred and never solarised, view 2 rarely
+    blurred and solarised with p=0.2 (Grill et al., 2020, Table 6; MoCo v3 main_moco.py).
 
-    def __init__(self, image_size: int, min_scale: float = 0.08) -> None:
-        self.first = byol_view_transform(image_size, blur_p=1.0, solarize_p=0.0, min_scale=min_scale)
-        self.second = byol_view_transform(image_size, blur_p=0.1, solarize_p=0.2, min_scale=min_scale)
+    ``spec`` is an :class:`~pretrain.augment.AugmentSpec`, or an image size with the knobs of
+    :func:`~pretrain.augment.byol_spec` (``blur_p`` and ``solarize_p`` are (view 1, view 2); the
+    small-image recipes set them and the jitter by measurement)."""
+
+    def __init__(self, spec: AugmentSpec | int, min_scale: float = 0.08, **knobs) -> None:
+        self.spec = spec if isinstance(spec, AugmentSpec) else byol_spec(spec, min_scale, **knobs)
+        self.first, self.second = (spec_view_transform(self.spec, view) for view in self.spec.views)
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         return self.first(image), self.second(image)

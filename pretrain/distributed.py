@@ -7,6 +7,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from pretrain.errors import UserError
+
 
 def init_distributed(device: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); return this rank's device.
@@ -15,7 +17,7 @@ def init_distributed(device: str = "auto") -> torch.device:
     """
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but no CUDA device is visible")
+        raise UserError("--device cuda: no CUDA device is visible (use --device cpu or auto)")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -1,6 +1,7 @@
 """Atomic file writes: a crash or Ctrl-C mid-write leaves the previous file (or none), never half of one."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from pretrain.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -17,16 +20,53 @@ def _umask() -> int:
     return mask
 
 
+class _WatchedStream:
+    """A binary file that remembers the exception of a failed ``write``.
+
+    torch.save's C++ writer reports any failure of the stream it writes to (a full disk, a file-size
+    limit, a KeyboardInterrupt raised by a signal handler mid-write) as ``RuntimeError: ... unexpected
+    pos``; keeping the original lets :func:`atomic_write` raise what actually happened."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream, self.failure = stream, None
+
+    def write(self, data) -> int:
+        try:
+            return self.stream.write(data)
+        except BaseException as error:
+            self.failure = error
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(stream)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(stream)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A write that fails (a full disk, a file-size limit) raises ``OSError`` with ``path`` as its
+    filename, whatever the writer made of the failure; the previous file at ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    stream = None
     try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
+        try:
+            with os.fdopen(handle, "wb") as raw:
+                stream = _WatchedStream(raw)
+                write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+        except Exception as error:   # closing a file whose buffer cannot be flushed raises again
+            cause = stream.failure if stream is not None and stream.failure is not None else error
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
+            if cause is not error:
+                raise cause from None
+            raise
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -43,8 +83,41 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
-class OutputDirError(OSError):
+class OutputDirError(UserError, OSError):
     """An output folder that cannot be used (unwritable, full, or held by another run); one line."""
+
+
+def open_no_follow(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that refuses a symbolic link as the last component of ``path``.
+
+    Appending to a log or taking a lock through a link planted in a shared output folder would
+    truncate or extend whatever file the link names (another user's, or a checkpoint)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OutputDirError(f"{path} is a symbolic link; refusing to write through it (remove the link "
+                                 "or choose another output folder)") from None
+        raise
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file ("does not exist", "is a directory, expected a file",
+    ...), or None when it is a regular file; error messages end with it."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a directory, expected a file"
+    return "is not a regular file" if path.exists() else "does not exist"
+
+
+def refuse_symlink(path: str | os.PathLike) -> None:
+    """Raise :class:`OutputDirError` if ``path`` is a symbolic link (checked before work starts;
+    :func:`open_no_follow` still guards the write itself)."""
+    if Path(path).is_symlink():
+        raise OutputDirError(f"{path} is a symbolic link; refusing to write through it (remove the link "
+                             "or choose another output folder)")
 
 
 TEMP_GLOB = ".*.tmp"   # what atomic_write's mkstemp(prefix=".NAME.", suffix=".tmp") leaves behind when killed
@@ -64,7 +137,9 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OutputDirError:
+            raise
         except OSError as error:
             raise OutputDirError(f"{self.path.parent}: cannot write there ({error.strerror}); "
                                  "choose another --output-dir") from None

@@ -1,5 +1,6 @@
 """The SNCLR model (paper Fig. 2): online encoder + projector + predictor, momentum encoder +
-projector, and the candidate neighbour set; forward returns the symmetrised loss."""
+projector, and the candidate neighbour set; forward returns the symmetrised loss. Also the supervised
+upper bound of a study: the same backbone trained with labels on the same views."""
 from __future__ import annotations
 
 import copy
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pretrain import distributed as dist
 from pretrain.backbones import build_backbone, is_vit
@@ -14,6 +16,7 @@ from pretrain.losses import positiveness, snclr_loss
 from pretrain.neighbors import CandidateSet, NeighborQuery
 
 NEIGHBOR_MODES = ("soft", "binary", "none")
+METHODS = ("SNCLR", "supervised")
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, last_bn: bool) -> nn.Sequential:
@@ -41,6 +44,9 @@ class StepStats:
     positiveness_entropy: torch.Tensor | None = None  # mean over rows of the entropy of the weights
     neighbor_agreement: torch.Tensor | None = None    # fraction of neighbours sharing the key's label
     neighbor_rows: torch.Tensor | None = None         # fraction of rows that had K valid neighbours
+    train_top1: torch.Tensor | None = None            # supervised only: accuracy on the step's views
+
+    MONITORS = ("positiveness_max", "positiveness_entropy", "neighbor_agreement", "neighbor_rows", "train_top1")
 
 
 class SNCLR(nn.Module):
@@ -135,3 +141,25 @@ def _gather_views(local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     gathered = dist.all_gather(local)
     per_rank = gathered.view(dist.world_size(), 2, local.shape[0] // 2, *local.shape[1:])
     return per_rank[:, 0].flatten(0, 1), per_rank[:, 1].flatten(0, 1)
+
+
+class Supervised(nn.Module):
+    """The upper bound of a study: ``backbone`` and a linear classifier trained with cross-entropy on
+    both augmented views of each image, so it sees exactly SNCLR's views, steps and epochs. Its
+    checkpoint keeps the backbone under ``backbone.`` like SNCLR's, so every evaluator loads it."""
+
+    def __init__(self, backbone: str, num_classes: int, *, image_size: int = 224) -> None:
+        super().__init__()
+        self.backbone, feature_dim = build_backbone(backbone, image_size)
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, image_ids: torch.Tensor, labels: torch.Tensor,
+                momentum: float, use_neighbors: bool = True, monitor: bool = True) -> StepStats:
+        """Same signature as :meth:`SNCLR.forward` (the training loop drives both); the momentum and
+        neighbour arguments play no part."""
+        logits = self.classifier(self.backbone(torch.cat([x1, x2])))
+        targets = labels.repeat(2)
+        loss = F.cross_entropy(logits.float(), targets)
+        if not monitor:
+            return StepStats(loss=loss)
+        return StepStats(loss=loss, train_top1=(logits.argmax(dim=1) == targets).float().mean())

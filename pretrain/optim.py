@@ -51,8 +51,11 @@ def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, weight
 
 def warmup_cosine_lr(progress_epochs: float, *, peak_lr: float, warmup_epochs: float, total_epochs: float,
                      start_lr: float = 1e-6) -> float:
-    """Linear warm-up from ``start_lr`` to ``peak_lr``, then half-cycle cosine to 0 (per iteration)."""
-    if progress_epochs < warmup_epochs:
+    """Linear warm-up from ``start_lr`` to ``peak_lr``, then half-cycle cosine to 0 (per iteration).
+
+    ``warmup_epochs=0`` (allowed) starts the cosine at the peak on step 0: the warm-up branch, which
+    divides by ``warmup_epochs``, is never entered then, whichever comparison ends the warm-up."""
+    if warmup_epochs > 0 and progress_epochs < warmup_epochs:
         return start_lr + (peak_lr - start_lr) * progress_epochs / warmup_epochs
     span = max(total_epochs - warmup_epochs, 1e-12)
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * (progress_epochs - warmup_epochs) / span))

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import submitit
 
-from pretrain.__main__ import build_parser, main
+from pretrain.__main__ import CLI_ONLY, build_parser, main
 from pretrain.checkpoint import LATEST
 from pretrain.config import ConfigError, resolve
+from pretrain.errors import ArgumentParser, cli_main
 from pretrain.train import STOP_SIGNALS, StopRequest, local_batch_size
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ class Trainer:
 
 
 def build_submit_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.submit", description=__doc__, add_help=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m pretrain.submit", description=__doc__, add_help=False,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("SLURM")
     group.add_argument("--nodes", type=int, default=1)
     group.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU (default 8)")
@@ -107,7 +108,7 @@ def submit(argv: list[str] | None = None) -> submitit.Job:
         if value < minimum:
             raise ConfigError(f"{name} {value}: expected at least {minimum}")
     pretrain_args = build_parser().parse_args(rest)
-    overrides = {k: v for k, v in vars(pretrain_args).items() if k not in ("recipe", "resume", "extend_schedule")}
+    overrides = {k: v for k, v in vars(pretrain_args).items() if k not in CLI_ONLY}
     config = resolve(pretrain_args.recipe, overrides)
     tasks = args.nodes * max(args.gpus_per_node, 1)
     local_batch_size(config.batch_size, tasks)
@@ -125,6 +126,7 @@ def submit(argv: list[str] | None = None) -> submitit.Job:
     return executor.submit(Trainer(rest))
 
 
+@cli_main
 def cli(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
@@ -133,11 +135,7 @@ def cli(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        job = submit(argv)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    job = submit(argv)
     print(f"submitted job {job.job_id}; logs in {job.paths.folder}")
     return 0
 

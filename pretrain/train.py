@@ -2,12 +2,14 @@
 
 A run stops the way clusters stop jobs: SIGTERM or SIGINT sets a flag, and the loop saves at the next
 step boundary (after the optimizer step, before the next batch) and returns. Each sample's
-augmentations are seeded from (seed, epoch, index), so a run resumed mid-epoch sees exactly the views
-the uninterrupted run would have, whatever the number of DataLoader workers.
+augmentations are seeded from (seed, epoch, image id) in every input pipeline (pretrain/pipelines.py),
+so a run resumed mid-epoch sees exactly the views the uninterrupted run would have, whatever the
+number of DataLoader workers.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import math
@@ -25,16 +27,40 @@ from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist
 from pretrain.config import FIELDS, ConfigError, PretrainConfig, dump
 from pretrain.backbones import is_vit
-from pretrain.data import SeededAugmentation, TwoViews, build_dataset
+from pretrain.augment import AugmentSpec, byol_spec
+from pretrain.data import build_dataset, dataset_targets
 from pretrain.fileio import OutputDirError, RunLock, check_free_space, remove_stale_temp_files
-from pretrain.model import SNCLR
+from pretrain.model import SNCLR, Supervised
 from pretrain.metrics_log import MetricsLog
 from pretrain.provenance import code_version
 from pretrain.optim import build_optimizer, momentum_at, warmup_cosine_lr
+from pretrain.pipelines import Pipeline, build_pipeline, resolve_pipeline
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)   # SIGTERM: what SLURM and Kubernetes send before a kill
+
+
+def ignore_signals(signals: tuple[int, ...], worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the workers ignore the stop signals.
+
+    SLURM, systemd and a terminal's Ctrl-C signal every process of the job, workers included. A
+    worker killed by them makes the main process fail with "DataLoader worker ... is killed by
+    signal" before it can save; ignoring them leaves the stop to the main process, which saves at
+    the next step boundary and then shuts the workers down itself (through the loader's done event,
+    not a signal). A worker whose parent dies still exits: the loader's watchdog checks for it."""
+    for signum in signals:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+class StopInsisted(KeyboardInterrupt):
+    """A second stop signal while the first one's save is pending: the run ends without saving.
+
+    The message says which checkpoint (if any) holds the run; ``signum`` gives the exit status."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class EpochSampler(torch.utils.data.DistributedSampler):
@@ -59,11 +85,29 @@ def local_batch_size(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
-def model_from_config(config: PretrainConfig) -> SNCLR:
+def model_from_config(config: PretrainConfig, num_classes: int | None = None) -> SNCLR | Supervised:
+    """The model ``config.method`` trains; the supervised bound needs the data set's ``num_classes``."""
+    if config.method == "supervised":
+        if num_classes is None:
+            raise ConfigError("method=supervised needs the number of classes of the training set")
+        return Supervised(config.backbone, num_classes, image_size=config.image_size)
     return SNCLR(config.backbone, image_size=config.image_size, proj_hidden_dim=config.proj_hidden_dim,
                  dim=config.dim, temperature=config.temperature, candidate_set_size=config.candidate_set_size,
                  k=config.k, neighbors=config.neighbors, loss_form=config.loss_form,
                  positiveness_temperature=config.positiveness_temperature, detach_weights=config.detach_weights)
+
+
+def final_checkpoint_name(config: PretrainConfig) -> str:
+    """``snclr_resnet18_ep8.pth``, or ``supervised_...`` for the supervised bound."""
+    return f"{'supervised' if config.method == 'supervised' else 'snclr'}_{config.backbone}_ep{config.epochs}.pth"
+
+
+def augment_spec(config: PretrainConfig) -> AugmentSpec:
+    """The two-view augmentation every config field of it describes (recorded in config.yaml); every
+    pipeline (pil, device, dali) applies this one spec."""
+    return byol_spec(config.image_size, config.min_scale, jitter_strength=config.jitter_strength,
+                     jitter_p=config.jitter_p, grayscale_p=config.grayscale_p,
+                     blur_p=(config.blur_p1, config.blur_p2), solarize_p=(config.solarize_p1, config.solarize_p2))
 
 
 def check_neighbor_settings(config: PretrainConfig) -> None:
@@ -91,12 +135,19 @@ class StopRequest:
     """A flag set by stop signals; checked by the loop at step boundaries.
 
     The handler only records the signal, so a signal that arrives mid-step or mid-save interrupts
-    neither. A second signal while a stop is pending raises KeyboardInterrupt: the user insists.
-    Under DDP every rank must stop at the same step, so :meth:`requested` takes the maximum over
-    ranks on a gloo group of its own (CPU only: no GPU sync)."""
+    neither. A second signal while a stop is pending raises :class:`StopInsisted`: the user insists.
+    The same signal again within ``DUPLICATE_S`` is the same request delivered twice, not insistence:
+    a launcher that forwards signals to its tasks (srun, submitit's local controller) repeats a
+    process-group signal within milliseconds. Under DDP every rank must stop at the same step, so
+    :meth:`requested` takes the maximum over ranks on a gloo group of its own (CPU only: no GPU sync)."""
 
-    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
+    DUPLICATE_S = 1.0
+
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS, after_epoch: int | None = None) -> None:
         self.signals, self.received, self.stopping = tuple(signals), None, False
+        # A stop planned in advance: at the end of this many epochs (a shared warm-up, pretrain.fork).
+        self.after_epoch = after_epoch
+        self._received_at = 0.0
         self._previous: dict[int, object] = {}
         self._group = None
 
@@ -113,13 +164,19 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
         if self.received is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without saving")
-        self.received = signal.Signals(signum).name
+            if name == self.received and time.monotonic() - self._received_at < self.DUPLICATE_S:
+                return
+            raise StopInsisted(f"second {name}: stopped without saving", signum)
+        self.received, self._received_at = name, time.monotonic()
         log.warning("%s received: saving at the end of this step, then stopping", self.received)
 
-    def requested(self) -> bool:
-        """Whether any rank received a stop signal (collective under DDP: call it on every rank)."""
+    def requested(self, epochs_done: int | None = None) -> bool:
+        """Whether any rank received a stop signal (collective under DDP: call it on every rank).
+        At an epoch boundary, ``epochs_done`` also triggers the planned stop ``after_epoch``."""
+        if epochs_done is not None and epochs_done == self.after_epoch and self.received is None:
+            self.received = f"after_epoch={self.after_epoch}"
         flag = self.received is not None
         if self._group is not None:
             tensor = torch.tensor([int(flag)])
@@ -159,21 +216,24 @@ def _shared_check(check, world: int) -> None:
 
 def _checkpoint_bytes(model: torch.nn.Module, optimizer_name: str) -> int:
     """An upper estimate of one checkpoint: the model's tensors plus the optimizer's per-parameter
-    state (one momentum buffer for LARS/SGD, two moments for AdamW)."""
+    state (one momentum buffer for LARS/SGD, two moments for AdamW), plus 1% for the rest (RNG
+    states, config, the zip container: 0.09% for the test suite's ResNet-18)."""
     tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return tensors + params * (2 if optimizer_name == "adamw" else 1)
+    return int(1.01 * (tensors + params * (2 if optimizer_name == "adamw" else 1)))
 
 
 def train(config: PretrainConfig, resume: str | None = None, *, extend_schedule: bool = False,
-          stop: StopRequest | None = None) -> TrainResult:
+          stop: StopRequest | None = None, trust_checkpoint: bool = False) -> TrainResult:
     """Pre-train SNCLR with ``config``.
 
     Every check (config, data, checkpoint identity, output folder) runs before anything is written.
     ``extend_schedule`` lets a resumed run grow ``epochs`` (recorded in the checkpoint's
     ``epochs_history``). ``stop`` chooses the signals that stop the run at a step boundary
-    (SIGTERM and SIGINT by default); a stopped run returns ``finished=False``."""
-    check_neighbor_settings(config)
+    (SIGTERM and SIGINT by default); a stopped run returns ``finished=False``. ``trust_checkpoint``
+    (``--trust-checkpoint``) allows the checkpoint resumed from to be fully unpickled."""
+    if config.method == "SNCLR":
+        check_neighbor_settings(config)
     device = dist.init_distributed(config.device)
     world, rank = dist.world_size(), dist.rank()
     local_batch = local_batch_size(config.batch_size, world)
@@ -182,25 +242,31 @@ def train(config: PretrainConfig, resume: str | None = None, *, extend_schedule:
 
     torch.manual_seed(config.seed)   # same init on every rank (DDP also broadcasts it)
 
-    # Augmentations draw from a stream per (seed, epoch, image), not from the ranks' shared generator.
-    dataset = SeededAugmentation(build_dataset(config.dataset, config.data_dir, "train", None, config.train_limit),
-                                 TwoViews(config.image_size, config.min_scale), config.seed)
+    dataset = build_dataset(config.dataset, config.data_dir, "train", None, config.train_limit)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the {len(dataset)} training images")
     state = None
     epochs_history = [config.epochs]
     if resume or latest.exists():   # validate before anything is written: a bad file loses nothing
+        state = ckpt.load_pretrain_checkpoint(resume or latest, trust=trust_checkpoint)
+    config = dataclasses.replace(config, data_pipeline=_pipeline_for(config, state, device))
+    if state is not None:
         source = resume or latest
-        state = ckpt.load_pretrain_checkpoint(source)
-        ckpt.check_resume_identity(source, state["config"], config.to_dict(),
-                                   {name: field.default for name, field in FIELDS.items()}, extend_schedule)
+        # Checkpoints from before --data-pipeline were all made by the PIL path.
+        defaults = {**{name: field.default for name, field in FIELDS.items()}, "data_pipeline": "pil"}
+        ckpt.check_resume_identity(source, state["config"], config.to_dict(), defaults, extend_schedule)
         epochs_history = [int(e) for e in state.get("epochs_history", [state["config"]["epochs"]])]
         if config.epochs != epochs_history[-1]:
             log.warning("schedule extended from %d to %d epochs (recorded in the checkpoint)",
                         epochs_history[-1], config.epochs)
             epochs_history.append(config.epochs)
 
-    model = model_from_config(config)
+    model = model_from_config(config, int(dataset_targets(dataset).max()) + 1)
+    # Augmentations draw from a stream per (seed, epoch, image), not from the ranks' shared generator.
+    stop = stop or StopRequest()
+    pipeline = build_pipeline(config.data_pipeline, dataset, spec=augment_spec(config), seed=config.seed,
+                              batch_size=local_batch, workers=config.workers, device=device,
+                              worker_init_fn=functools.partial(ignore_signals, stop.signals))
     lock = RunLock(out_dir)
 
     def prepare_output_dir() -> None:
@@ -209,8 +275,12 @@ def train(config: PretrainConfig, resume: str | None = None, *, extend_schedule:
         except OSError as error:
             raise OutputDirError(f"{out_dir}: cannot create the output folder ({error.strerror})") from None
         lock.acquire()
-        # The latest checkpoint, its temporary copy while saving, and the final file.
-        check_free_space(out_dir, 3 * _checkpoint_bytes(model, config.optimizer), "saving checkpoints")
+        # An atomic save writes the new file beside the old one, so at most two checkpoints exist at
+        # once (the old and the new checkpoint.pth, or checkpoint.pth and the final file). One already
+        # on disk counts towards them: a resumed run needs one new file's worth.
+        held = latest.stat().st_size if latest.is_file() else 0
+        one = held or _checkpoint_bytes(model, config.optimizer)
+        check_free_space(out_dir, 2 * one - held, "saving checkpoints")
         for path in remove_stale_temp_files(out_dir):
             log.warning("removed %s, left by a save that was killed", path)
 
@@ -218,21 +288,27 @@ def train(config: PretrainConfig, resume: str | None = None, *, extend_schedule:
     try:
         if dist.is_main():
             dump(config, out_dir / "config.yaml")
-        return _train(config, state, resume or latest, model, dataset, device, world, rank, local_batch,
-                      epochs_history, stop or StopRequest())
+        return _train(config, state, resume or latest, model, pipeline, device, world, rank, local_batch,
+                      epochs_history, stop)
     finally:
         lock.release()
 
 
-def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCLR, dataset: SeededAugmentation,
+def _pipeline_for(config: PretrainConfig, state: dict | None, device: torch.device) -> str:
+    """The pipeline this run uses: ``auto`` on a resume keeps the checkpoint's (the PIL path before
+    the flag existed), so only an explicit, different flag is refused as a change of result."""
+    if config.data_pipeline == "auto" and state is not None:
+        return state["config"].get("data_pipeline", "pil")
+    return resolve_pipeline(config.data_pipeline, config.dataset, device)
+
+
+def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCLR | Supervised, pipeline: Pipeline,
            device: torch.device, world: int, rank: int, local_batch: int, epochs_history: list[int],
            stop: StopRequest) -> TrainResult:
     out_dir = Path(config.output_dir)
     latest = out_dir / ckpt.LATEST
-    final_name = f"snclr_{config.backbone}_ep{config.epochs}.pth"
-    sampler = EpochSampler(dataset, world, rank, config.seed)
-    loader_kwargs = dict(batch_size=local_batch, sampler=sampler, num_workers=config.workers, drop_last=True,
-                         pin_memory=device.type == "cuda", persistent_workers=False)
+    final_name = final_checkpoint_name(config)
+    sampler = EpochSampler(pipeline, world, rank, config.seed)
     steps_per_epoch = len(sampler) // local_batch
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
@@ -267,6 +343,8 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
 
     metrics = MetricsLog(out_dir, "metrics", step_key="step", tb_dir="tensorboard", tag_prefix="pretrain/", csv=True)
     metrics.truncate_after(global_step)
+    # (epoch, step) that OUTPUT_DIR/checkpoint.pth holds, for the messages of a run that ends unsaved.
+    on_disk = [start_epoch, skip_steps] if state is not None and Path(source) == latest else []
 
     def save(epoch: int, step_in_epoch: int, final: bool = False) -> None:
         rng = [ckpt.rng_state()]
@@ -286,13 +364,18 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
                    "scaler": scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
                    "global_step": global_step, "config": config.to_dict(), "rng": rng,
                    "epochs_history": epochs_history, "code_version": code_version(), "world_size": world}
+        if state is not None and "warmup_from" in state:   # a run forked from another's warm-up keeps saying so
+            payload["warmup_from"] = state["warmup_from"]
         try:
             ckpt.save_atomic(payload, latest)
+            on_disk[:] = [epoch, step_in_epoch]
             if final:
                 ckpt.save_atomic(payload, out_dir / final_name)
-        except OSError as error:
+        except OSError as error:   # a full disk included: atomic_write names it whatever torch made of it
+            kept = (f"{latest.name} holds epoch {on_disk[0]} step {on_disk[1]}" if on_disk
+                    else f"no {latest.name} was written")
             raise OutputDirError(f"{out_dir}: cannot write the checkpoint ({error.strerror or error}); "
-                                 f"the previous {latest.name} is kept") from None
+                                 f"{kept}") from None
 
     def stopped(epoch: int, step_in_epoch: int) -> TrainResult:
         log.warning("stopped by %s at epoch %d step %d; resume by rerunning the same command",
@@ -308,15 +391,14 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
             save(config.epochs, 0, final=True)
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
             first_step = skip_steps if epoch == start_epoch else 0
             sampler.skip = first_step * local_batch
             use_neighbors = epoch >= config.neighbor_warmup_epochs
             position = first_step
-            loader = torch.utils.data.DataLoader(dataset, **loader_kwargs)
+            batches = pipeline.epoch(epoch, sampler)   # this rank's images, from `first_step` on
             with tqdm(total=steps_per_epoch, initial=first_step, disable=not dist.is_main(),
                       desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True) as bar:
-                for step, ((x1, x2), labels, ids) in enumerate(loader, start=first_step):
+                for step, ((x1, x2), labels, ids) in enumerate(batches, start=first_step):
                     if step >= steps_per_epoch:
                         break
                     progress = epoch + step / steps_per_epoch
@@ -343,12 +425,12 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
                     if log_now:
                         loss = float(dist.all_reduce_mean(stats.loss.detach()))
                         if not math.isfinite(loss):
-                            raise FloatingPointError(f"loss is {loss} at epoch {epoch} step {step}; stopping "
-                                                     f"(the last good checkpoint is {latest})")
+                            raise ckpt.NonFiniteError(f"loss is {loss} at epoch {epoch} step {step}; stopping "
+                                                        f"(the last good checkpoint is {latest})")
                         row = {"step": global_step, "epoch": round(progress, 4), "loss": round(loss, 5),
-                               "lr": lr, "momentum": momentum, "neighbors_on": int(use_neighbors),
-                               **{k: round(float(getattr(stats, k)), 5) for k in
-                                  ("positiveness_max", "positiveness_entropy", "neighbor_agreement", "neighbor_rows")},
+                               "lr": lr, "momentum": momentum, "neighbors_on": int(use_neighbors and config.method == "SNCLR"),
+                               **{k: round(float(getattr(stats, k)), 5) for k in stats.MONITORS
+                                  if getattr(stats, k) is not None},
                                "images_per_s": round(interval_steps * config.batch_size / (time.time() - interval_start), 1)}
                         interval_start, interval_steps = time.time(), 0
                         metrics.write(row)
@@ -363,10 +445,14 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
             saved = last or (epoch + 1) % config.save_every == 0
             if saved:
                 save(epoch + 1, 0, final=last)
-            if not last and stop.requested():   # asked during the last step or the save itself
+            if not last and stop.requested(epoch + 1):   # asked during the last step or the save, or planned
                 if not saved:
                     save(epoch + 1, 0)
                 return stopped(epoch + 1, 0)
+    except StopInsisted as error:
+        kept = (f"{latest} holds epoch {on_disk[0]} step {on_disk[1]}; rerun the same command to resume from it"
+                if on_disk else f"no checkpoint was written to {out_dir}")
+        raise StopInsisted(f"{error} since the last save; {kept}", error.signum) from None
     finally:
         stop.uninstall()
         metrics.close()

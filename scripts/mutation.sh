@@ -11,6 +11,7 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 WORK="${MUTATION_DIR:-/tmp/snclr-mutation}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 
+REPORT_TESTS="tests/evaluate/report/test_tables.py tests/evaluate/report/test_records.py tests/evaluate/report/test_bold_and_seeds.py tests/evaluate/report/test_latex.py tests/evaluate/report/test_references.py tests/evaluate/report/test_cells.py tests/test_study.py"
 declare -A TESTS=(
     [pretrain/losses.py]="tests/pretrain/test_losses.py tests/pretrain/test_reference_maths.py"
     [pretrain/neighbors.py]="tests/pretrain/test_neighbors.py tests/pretrain/test_candidate_set.py tests/pretrain/test_reference_maths.py"
@@ -18,10 +19,14 @@ declare -A TESTS=(
     [pretrain/optim.py]="tests/pretrain/test_optim.py"
     [evaluate/loading.py]="tests/evaluate/test_loading.py"
     [evaluate/detection/convert.py]="tests/evaluate/detection/test_convert.py"
-    [evaluate/report/tables.py]="tests/evaluate/report/test_tables.py"
+    [pretrain/safe_load.py]="tests/pretrain/test_safe_load.py tests/evaluate/test_loading.py"
+    [evaluate/report/tables.py]="$REPORT_TESTS"
+    [evaluate/report/facts.py]="$REPORT_TESTS"
+    [evaluate/report/leaderboard.py]="$REPORT_TESTS"
 )
 ORDER=(pretrain/losses.py pretrain/neighbors.py pretrain/model.py pretrain/optim.py evaluate/loading.py
-       evaluate/detection/convert.py evaluate/report/tables.py)
+       evaluate/detection/convert.py pretrain/safe_load.py evaluate/report/tables.py evaluate/report/facts.py
+       evaluate/report/leaderboard.py)
 modules=("$@")
 [ ${#modules[@]} -eq 0 ] && modules=("${ORDER[@]}")
 for module in "${modules[@]}"; do

@@ -39,3 +39,40 @@ def save_torch(path: Path, obj: Any) -> Path:
 def save_pickle(path: Path, obj: Any) -> Path:
     path.write_bytes(pickle.dumps(obj, protocol=2))
     return path
+
+
+class CountsUnpickles:
+    """Unpickling appends one line to ``marker``: how many times a file was fully unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'a').write('unpickled\\n')",)
+
+
+def pointer_dtype_pickle(path: Path) -> Path:
+    """A detectron2-layout .pkl made only of the numpy globals a weight file needs, whose one array has
+    a structured dtype with an object field and flags 0: ``numpy.dtype.__setstate__`` accepts that state,
+    ``ndarray.__setstate__`` then copies the file's bytes in as if they were plain data, and reading the
+    field dereferences those bytes as PyObject pointers (SIGSEGV)."""
+    import numpy as np
+
+    class PointerDType:
+        def __reduce__(self):
+            return np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0)
+
+    class Array:
+        def __reduce__(self):
+            reconstruct = getattr(np, "_core", np.core).multiarray._reconstruct
+            return reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), PointerDType(), False, b"\x41" * 8)
+
+    path.write_bytes(pickle.dumps({"model": {"res2.0.conv1.weight": Array()}, "__author__": "x",
+                                   "matching_heuristics": True}, protocol=2))
+    return path
+
+
+def global_named(module: str, name: str) -> bytes:
+    """A protocol-2 pickle that calls the global ``module.name`` with no arguments (names may hold any
+    character but a newline, e.g. terminal escapes)."""
+    return b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n)R."

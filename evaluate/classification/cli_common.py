@@ -2,8 +2,9 @@
 
 An evaluator's ``main`` parses its own flags plus :func:`add_common_arguments`, opens
 :func:`run_context`, calls its protocol function and ends with ``run.finish(...)``, which writes the
-one result record. Any bad input raises inside the context and leaves as a one-line
-``error: ...`` with a non-zero exit; the record is written last, so a failed run leaves none.
+one result record. Any bad input raises a user error inside the context, which the entry point's
+wrapper (:func:`pretrain.errors.cli_main`) prints as one ``error: ...`` line with exit status 2; the
+record is written last, so a failed run leaves none.
 """
 from __future__ import annotations
 
@@ -24,16 +25,16 @@ import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 
-from evaluate.loading import BackboneLoadError, LoadedBackbone, build_loaded_backbone
+from evaluate.loading import LoadedBackbone, build_loaded_backbone
 from evaluate.classification.features import FeatureKey, cached_features, transform_description
-from evaluate.report.records import RecordError, ResultRecord, run_provenance, write_record
-from evaluate.classification.run_io import ResumeError
+from evaluate.report.records import ResultRecord, check_appendable, run_provenance, write_record
 from pretrain.backbones import BACKBONES, VITS, build_backbone, is_vit
+from pretrain.identity import ModelIdentity, identity_of
 from pretrain.safe_load import TRUST_FLAG
 from pretrain.data import (DataError, build_dataset, dataset_targets, eval_transform, linear_train_transform,
                            resolve_fashion_mnist_dir)
 from pretrain.distributed import cleanup, init_distributed, is_main, world_size
-from evaluate.errors import EvalError, ProtocolCheckError, SubsetFileError, TrainingSettingsError
+from evaluate.errors import EvalError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--out-dir", type=Path, required=True,
                      help="run folder: results.jsonl, metrics JSONL, TensorBoard, resume state")
-    run.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default OUT_DIR/../feature_cache)")
+    run.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default OUT_DIR/feature_cache); share one between runs "
+                          "of the same checkpoint by passing the same folder, one that only you can write")
     run.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (default 2)")
     run.add_argument("--eval-batch-size", type=int, default=256,
                      help="global batch for feature extraction and validation (no effect on results)")
@@ -169,6 +171,19 @@ def align_val_classes(train: Dataset, val: Dataset, val_dir: str) -> dict[int, i
     return {i: position[name] for i, name in enumerate(val_classes)}
 
 
+def untrained_identity(method: str, arch: str, seed: int | None) -> ModelIdentity:
+    """Identity of an untrained baseline: what builds it is its configuration. Random init of one
+    architecture is one model whose seeds pick the weights; raw pixels are the image itself."""
+    config = {"method": method, "backbone": arch, "seed": seed} if method == "random-init" else {"method": method}
+    return identity_of(config, "", method)
+
+
+def _untrained_meta(method: str, arch: str, seed: int | None) -> dict[str, Any]:
+    identity = untrained_identity(method, arch, seed)
+    return {"method": method, "pretrain_epochs": 0, "model_id": identity.model_id, "pretrain_seed": identity.seed,
+            "pretrain_config": identity.config}
+
+
 def random_init_backbone(arch: str | None, image_size: int, seed: int) -> tuple[nn.Module, int, LoadedBackbone]:
     """A seeded random backbone, identified by a digest of its weights (for the feature cache)."""
     if arch is None:
@@ -181,7 +196,7 @@ def random_init_backbone(arch: str | None, image_size: int, seed: int) -> tuple[
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     loaded = LoadedBackbone(state_dict=model.state_dict(), arch=arch, source_format="random-init",
                             sha256=digest.hexdigest(), path=RANDOM_INIT, image_size=image_size,
-                            meta={"method": "random-init", "pretrain_epochs": 0},
+                            meta=_untrained_meta("random-init", arch, seed),
                             vit_heads=VITS[arch].num_heads if is_vit(arch) else None,
                             vit_heads_source="our builder" if is_vit(arch) else None)
     return model, dim, loaded
@@ -200,7 +215,7 @@ def raw_pixel_backbone(arch: str | None, image_size: int) -> tuple[nn.Module, in
         raise EvalError(f"--checkpoint {RAW_PIXELS} has no architecture; drop --arch {arch}")
     loaded = LoadedBackbone(state_dict={}, arch="raw-pixels", source_format="raw-pixels",
                             sha256=hashlib.sha256(b"raw-pixels").hexdigest(), path=RAW_PIXELS,
-                            image_size=image_size, meta={"method": "raw-pixels", "pretrain_epochs": 0})
+                            image_size=image_size, meta=_untrained_meta("raw-pixels", "raw-pixels", None))
     return RawPixels(), 3 * image_size * image_size, loaded
 
 
@@ -304,7 +319,8 @@ class RunContext:
                               pretrain_epochs_planned=meta.get("pretrain_epochs_planned"),
                               pretrain_complete=meta.get("pretrain_complete"), checkpoint_path=self.loaded.path,
                               checkpoint_sha256=self.loaded.sha256, settings=full_settings,
-                              variant=dict(meta.get("variant") or {}),
+                              model_id=meta.get("model_id", ""), pretrain_seed=meta.get("pretrain_seed"),
+                              pretrain_config=dict(meta.get("pretrain_config") or {}),
                               deviations=[*self.data_deviations, *limits, *deviations], seed=self.args.seed,
                               provenance=provenance, code_version=self.provenance["code_version"],
                               wall_time_s=round(time.time() - self.started, 2))
@@ -318,6 +334,9 @@ def _build_context(args: argparse.Namespace, name: str, started: float, argv: li
     provenance = {**run_provenance([f"python -m evaluate {name}", *argv]),
                   "resolved_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     device = init_distributed(args.device)
+    check_appendable(args.out_dir / "results.jsonl")   # before the evaluation, not after it
+    if args.num_workers < 0:
+        raise EvalError(f"--num-workers must be >= 0, got {args.num_workers}")
     for flag in ("limit_train", "limit_val", "image_size", "eval_every"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise EvalError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -350,7 +369,9 @@ def _build_context(args: argparse.Namespace, name: str, started: float, argv: li
     out_dir = args.out_dir
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = args.cache_dir or out_dir.resolve().parent / "feature_cache"
+    # Inside the run's own folder: beside it, --out-dir /tmp/x would share /tmp/feature_cache with
+    # every user of the machine, and anyone could plant features there.
+    cache_dir = args.cache_dir or out_dir / "feature_cache"
     return RunContext(args=args, name=name, device=device, out_dir=out_dir, cache_dir=cache_dir,
                       backbone=backbone.to(device), feature_dim=dim, loaded=loaded, data=data,
                       data_deviations=data_deviations, train_base=train_base, val_base=val_base,
@@ -358,40 +379,17 @@ def _build_context(args: argparse.Namespace, name: str, started: float, argv: li
                       provenance=provenance)
 
 
-# Errors that mean "bad input" and leave as one line; anything else is a bug and keeps its traceback.
-_INPUT_ERRORS = (EvalError, BackboneLoadError, DataError, RecordError, ResumeError)
-
-
-def one_line(error: BaseException) -> str:
-    """The message of ``error`` as one line naming the file or flag.
-
-    An error raised in a DataLoader worker comes back wrapped ("Caught DataError in DataLoader worker
-    process 0. Original Traceback ..."); its own message is the last line of the wrapped text. An
-    OSError names its file in ``filename``, which ``str()`` leaves out when the OS gave no text.
-    """
-    text = str(error).strip()
-    if text.startswith("Caught ") and "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        prefix, _, message = last.partition(": ")
-        text = message if message and prefix.replace(".", "").replace("_", "").isalnum() else last
-    if isinstance(error, OSError) and error.strerror:
-        where = f"{error.filename}: " if error.filename else ""
-        return f"{where}{error.strerror}"
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 @contextlib.contextmanager
 def run_context(args: argparse.Namespace, name: str, argv: list[str] | None = None) -> Iterator[RunContext]:
-    """Set up logging, DDP, backbone and data; turn bad input into ``SystemExit("error: ...")``.
+    """Set up logging, DDP, backbone and data, and leave DDP however the run ends.
 
-    Environment failures (an unwritable or full out-dir, an unreadable image) end the same way: one
-    line naming the path, a non-zero exit. ``argv`` is recorded in the result's provenance.
+    Bad input (a :class:`~pretrain.errors.UserError`) and environment failures (an unwritable or
+    full out-dir, an unreadable image) propagate to the entry point's :func:`~pretrain.errors.cli_main`,
+    which prints the one line. ``argv`` is recorded in the result's provenance.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.time()
     try:
         yield _build_context(args, name, started, list(sys.argv[1:] if argv is None else argv))
-    except (*_INPUT_ERRORS, ProtocolCheckError, SubsetFileError, TrainingSettingsError, OSError) as error:
-        raise SystemExit(f"error: {one_line(error)}") from None
     finally:
         cleanup()

@@ -5,8 +5,11 @@ keyed by the weights (the checkpoint's sha256), the exact transform (its ``repr`
 every parameter), the data set's identity, the code and library versions (a new torchvision resize
 or a fixed backbone changes the features without changing any of the rest) and, for augmented
 crops, the crop number and seed; the key is stored inside the file and compared on load, so a hash
-collision or a stale file can never hand back features of another model or transform. A cache file
-that cannot be read at all stops the run with its path rather than being silently overwritten.
+collision or a stale file can never hand back features of another model or transform. The file also
+stores the sha256 of its feature and label tensors, checked on every read: an edited or damaged cache
+stops the run with its path, as does a file that cannot be read at all, rather than being used or
+silently overwritten. (The digest catches edits, not a forger who also rewrites it: keep the cache
+in a folder only you can write, which is why it defaults to OUT_DIR/feature_cache.)
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from pretrain.distributed import barrier, is_distributed, is_main, rank, world_s
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "snclr-bench/features/v2"  # v2: the key holds the code and library versions
+CACHE_FORMAT = "snclr-bench/features/v3"  # v2: the key holds the code and library versions; v3: tensor digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,15 @@ class FeatureKey:
     def digest(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def tensors_sha256(*tensors: torch.Tensor) -> str:
+    """sha256 over the dtype, shape and bytes of each tensor, in order."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(f"{tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def transform_description(transform) -> str:
@@ -138,6 +150,9 @@ def cached_features(backbone: nn.Module, dataset: Dataset, key: FeatureKey, cach
                             "file and run again to recompute it")
         if stored.get("format") == CACHE_FORMAT and stored.get("key") == dataclasses.asdict(key) \
                 and len(stored["labels"]) == len(dataset):
+            if tensors_sha256(stored["features"], stored["labels"]) != stored.get("sha256"):
+                raise EvalError(f"{path}: feature cache does not match the digest stored with it (edited or "
+                                "damaged); delete the file and run again to recompute it")
             log.info("features from cache %s", path)
             return stored["features"], stored["labels"]
         log.warning("cache file %s does not match its key; recomputing", path)
@@ -147,7 +162,7 @@ def cached_features(backbone: nn.Module, dataset: Dataset, key: FeatureKey, cach
                                         num_workers=num_workers, seed=seed, desc=desc)
     if is_main():
         save_atomic({"format": CACHE_FORMAT, "key": dataclasses.asdict(key), "features": features,
-                           "labels": labels}, path)
+                     "labels": labels, "sha256": tensors_sha256(features, labels)}, path)
         log.info("cached %s features at %s", tuple(features.shape), path)
     barrier()
     return features, labels

@@ -17,7 +17,6 @@ counts summed; benchmarks/knn_scale.py measures the cost at ImageNet shapes.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from evaluate.classification import cli_common
 from evaluate.classification.metrics import collective_device
 from pretrain.distributed import is_distributed, rank, world_size
+from pretrain.errors import ArgumentParser, cli_main
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,10 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_main
+def main(argv: list[str] | None = None) -> int | None:
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m evaluate knn",
         description="Weighted kNN (DINO eval_knn.py: cosine, k=20 and 200, T=0.07) on cached features of the "
                     "centre-cropped train and val sets; writes one 'knn' result record.")
@@ -144,10 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-chunk", type=int, default=KNNSettings.train_chunk,
                         help="train rows per similarity block (memory knob, no effect on results)")
     args = parser.parse_args(argv)
+    settings = KNNSettings(tuple(args.k), args.temperature, args.interpolation, args.test_chunk, args.train_chunk)
+    # Flags are checked before run_context makes the output folder: bad input leaves nothing behind.
+    if not settings.temperature > 0:
+        raise cli_common.EvalError(f"--temperature must be > 0, got {settings.temperature}")
+    for flag, value in (("--test-chunk", settings.test_chunk), ("--train-chunk", settings.train_chunk)):
+        if value < 1:
+            raise cli_common.EvalError(f"{flag} must be >= 1 (rows per similarity block), got {value}")
     with cli_common.run_context(args, "knn", argv) as run:
-        settings = KNNSettings(tuple(args.k), args.temperature, args.interpolation, args.test_chunk, args.train_chunk)
-        if not settings.temperature > 0:
-            raise cli_common.EvalError(f"--temperature must be > 0, got {settings.temperature}")
         train_feats, train_labels = run.features("train", interpolation=settings.interpolation)
         val_feats, val_labels = run.features("val", interpolation=settings.interpolation)
         try:

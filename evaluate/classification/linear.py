@@ -28,6 +28,7 @@ from pretrain.backbones import is_vit
 from pretrain.distributed import is_distributed, rank, world_size
 from evaluate.classification import cli_common
 from evaluate.errors import ProtocolCheckError
+from pretrain.errors import ArgumentParser, cli_main
 
 log = logging.getLogger(__name__)
 
@@ -241,10 +242,11 @@ def resolve_settings(arch: str, dataset: str, args: argparse.Namespace) -> tuple
     return settings, [d for d in deviations if not d.startswith("crops:")]
 
 
-def main(argv: list[str] | None = None, fast: bool = False) -> None:
+@cli_main
+def main(argv: list[str] | None = None, fast: bool = False) -> int | None:
 
     name = "linear-fast" if fast else "linear"
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=f"python -m evaluate {name}",
         description=("Fast linear probe: a linear head trained on features cached once (a labelled deviation "
                      "from the protocol)." if fast else
@@ -290,5 +292,5 @@ def main(argv: list[str] | None = None, fast: bool = False) -> None:
                    deviations=deviations)
 
 
-def main_fast(argv: list[str] | None = None) -> None:
-    main(argv, fast=True)
+def main_fast(argv: list[str] | None = None) -> int | None:
+    return main(argv, fast=True)

@@ -47,9 +47,10 @@ from evaluate.classification.metrics import classification_ks, evaluate_classifi
 from evaluate.classification.training import ShardedBatchSampler, cosine_lr, fit, step_lr
 from evaluate.classification.linear import LinearClassifier, new_linear_head, sharded_eval_loader
 from pretrain.distributed import barrier, convert_sync_batchnorm, is_distributed, is_main, world_size, wrap_ddp
-from pretrain.fileio import atomic_write_text
+from pretrain.fileio import atomic_write_text, file_problem
 from evaluate.classification import cli_common
 from evaluate.errors import SubsetFileError
+from pretrain.errors import ArgumentParser, cli_main
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,21 @@ def class_of(name: str) -> str:
     return name.split("_", 1)[0]
 
 
+# SimCLR's 10% ImageNet list is 2.6 MB of text; ten times that bounds what a list file may expand to,
+# so a small gzip bomb given as --subset-file is refused instead of filling memory.
+MAX_SUBSET_BYTES = 32 * 2**20
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes (gunzipped for .gz), refusing more than MAX_SUBSET_BYTES."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+        raw = handle.read(MAX_SUBSET_BYTES + 1)
+    if len(raw) > MAX_SUBSET_BYTES:
+        raise SubsetFileError(f"{path}: expands to more than {MAX_SUBSET_BYTES // 2**20} MB; a label list "
+                              "(one name per line) is far smaller, so this is not one")
+    return raw
+
+
 def subset_text(path: str | os.PathLike) -> str:
     """The text of a list file (gunzipped if it ends in .gz), CRLF made LF, with a final newline.
 
@@ -139,10 +155,11 @@ def subset_text(path: str | os.PathLike) -> str:
     hashes as the same list.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SubsetFileError(f"subset file {path} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise SubsetFileError(f"subset file {path} {problem}")
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = _read_bounded(path)
         text = raw.decode("utf-8")
     except (OSError, EOFError) as error:
         raise SubsetFileError(f"{path}: not a readable gzip file ({error})") from None
@@ -339,9 +356,10 @@ def resolve_settings(preset: str, percent: int, dataset: str,
     return cli_common.resolve_overrides(preset_settings(preset, percent), small_scale_overrides(dataset, preset, percent), flags)
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_main
+def main(argv: list[str] | None = None) -> int | None:
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m evaluate semisup",
         description="Semi-supervised evaluation (paper Table 2): fine-tune the whole network with a new linear "
                     "head on 1%% or 10%% of the training labels; writes one semisup_1pct / semisup_10pct record. "

@@ -122,6 +122,11 @@ def fit(*, trainable: nn.Module, optimizer: torch.optim.Optimizer, lrs_at: Calla
             loss.backward()
             optimizer.step()
             loss_meter.update(loss.item() * global_size / world_size() / max(1, len(labels)), len(labels))
+        if not math.isfinite(loss_meter.average):
+            # A diverged head still classifies (a constant guess), so its accuracy would look like a result.
+            kept = f"{state_path} holds epoch {epoch}" if saved is not None or epoch > start else "nothing was saved"
+            raise TrainingSettingsError(f"{name} diverged: the training loss is {loss_meter.average} in epoch "
+                                        f"{epoch + 1}; no result recorded ({kept}); lower the learning rate")
         after_epoch(epoch)
         metrics = evaluate() if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs else {}
         if metrics and (best is None or metrics["top1"] > best["top1"]):

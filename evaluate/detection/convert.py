@@ -22,7 +22,7 @@ INPUT is read as data only; ``--trust-checkpoint`` allows a full unpickle (see p
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import dataclasses
 import json
 import logging
@@ -39,11 +39,13 @@ import torch
 import torchvision
 import yaml
 
-from evaluate.loading import BackboneLoadError, load_backbone_state_dict
+from evaluate.loading import load_backbone_state_dict
+from pretrain.backbones import SMALL_IMAGE_RESNETS
 from pretrain.provenance import file_sha256
-from pretrain.fileio import atomic_write_bytes
+from pretrain.fileio import atomic_write_bytes, file_problem
 from pretrain.safe_load import TRUST_FLAG, UntrustedFileError, load_array_pickle
 from evaluate.errors import ConversionError
+from pretrain.errors import ArgumentParser, cli_main
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +137,49 @@ def write_detectron2_weights(path: str | os.PathLike, model: Mapping[str, np.nda
     return path
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)   # hard links too
+
+
+def check_output_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to write OUTPUT or its sidecar over INPUT (through any link), or over
+    an existing file unless ``overwrite``."""
+    for path in (output_path, sidecar_path_for(output_path)):
+        if _same_file(path, input_path):
+            raise ConversionError(f"OUTPUT {path} is INPUT {input_path}; a conversion never writes over its "
+                                  "source: choose another output path")
+        if path.is_dir():
+            raise ConversionError(f"OUTPUT {path} is a directory; expected a file path such as out/model.pkl")
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise ConversionError(f"{path} exists; pass --overwrite to replace it, or choose another output path")
+
+
 def convert_checkpoint(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
                        arch: str | None = None, trust: bool = False, verify: bool = False,
-                       config_path: str | os.PathLike = DEFAULT_VERIFY_CONFIG
+                       config_path: str | os.PathLike = DEFAULT_VERIFY_CONFIG, overwrite: bool = False
                        ) -> tuple[ConversionSummary, dict[str, np.ndarray]]:
     """Convert one checkpoint; writes OUTPUT and OUTPUT.json and returns the summary and converted arrays.
 
-    With ``verify`` the weights are staged under a temporary name, checked through detectron2
-    (:func:`verify_with_detectron2`) against the source tensors, and only then given OUTPUT's name:
-    a failed check leaves neither OUTPUT nor its sidecar behind.
+    OUTPUT may not be INPUT, and an existing OUTPUT is replaced only with ``overwrite``. The weights
+    are staged under a temporary name and, with ``verify``, checked through detectron2
+    (:func:`verify_with_detectron2`) against the source tensors; only then do they and their sidecar
+    take OUTPUT's names. A failed conversion or check removes only its own staged file: an existing
+    OUTPUT and its sidecar (which still describe each other) are left as they were.
     """
+    input_path, output_path = Path(input_path), Path(output_path)
+    check_output_paths(input_path, output_path, overwrite)
+    if verify:
+        problem = file_problem(config_path)
+        if problem:
+            raise ConversionError(f"--config-file {config_path} {problem}")
     loaded = load_backbone_state_dict(input_path, arch, trust=trust)
+    if loaded.arch in SMALL_IMAGE_RESNETS:
+        # detectron2's ResNet stem is 7x7 stride 2 + max-pool, and FPN's strides (4..32) assume it.
+        raise ConversionError(f"{input_path}: backbone {loaded.arch!r} cannot go to detectron2: its small-image "
+                              "stem (3x3 stride-1 conv1, no max-pool) has no R-FPN counterpart; "
+                              f"expected one of {sorted(EXPECTED_TENSORS)}")
     if loaded.arch not in EXPECTED_TENSORS:
         raise ConversionError(f"{input_path}: backbone {loaded.arch!r} cannot go to detectron2; "
                               f"expected one of {sorted(EXPECTED_TENSORS)}")
@@ -153,11 +187,7 @@ def convert_checkpoint(input_path: str | os.PathLike, output_path: str | os.Path
         model, dropped_here = torchvision_resnet_to_detectron2(loaded.state_dict, loaded.arch)
     except ConversionError as error:
         raise ConversionError(f"{input_path}: {error}") from None
-    output_path = Path(output_path)
     sidecar_path = sidecar_path_for(output_path)
-    # An earlier conversion's files must never pass for this one's, even if this one fails.
-    output_path.unlink(missing_ok=True)
-    sidecar_path.unlink(missing_ok=True)
     # detectron2 reads a file as a pickle only if its name ends in ".pkl".
     staged = output_path.with_name(f".unverified.{output_path.name}")
     try:
@@ -231,12 +261,16 @@ def verify_with_detectron2(weights_path: str | os.PathLike, source: Mapping[str,
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.ERROR)
+    # The staged file is read once, by our data-only reader; detectron2's checkpointer gets the arrays,
+    # in the layout its _load_file gives a .pkl, so it never unpickles the path itself.
+    weights = read_detectron2_weights(weights_path)
     try:
-        DetectionCheckpointer(model).load(str(weights_path))
+        DetectionCheckpointer(model)._load_model(
+            {"model": dict(weights), "__author__": AUTHOR, "matching_heuristics": True})
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
-    checked = check_bottom_up(bottom_up.state_dict(), read_detectron2_weights(weights_path), str(weights_path))
+    checked = check_bottom_up(bottom_up.state_dict(), weights, str(weights_path))
     check_same_function(bottom_up, source, arch, str(weights_path))
     log.info("verified through detectron2: all %d backbone.bottom_up tensors loaded, and the backbone computes "
              "what the source checkpoint's tensors compute", checked)
@@ -326,8 +360,9 @@ def read_detectron2_weights(path: str | os.PathLike, *, trust: bool = False) -> 
     return payload["model"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+@cli_main
+def main(argv: list[str] | None = None) -> int | None:
+    parser = ArgumentParser(
         prog="python -m evaluate.detection.convert",
         description="Convert a pre-trained ResNet checkpoint (ours, MoCo v1/v2/v3, DINO, solo-learn, torchvision; "
                     "format detected) into a detectron2 weight pickle plus a sidecar OUTPUT.json.")
@@ -343,17 +378,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help="allow INPUT to be fully unpickled if it holds more than tensors and allow-listed "
                              "types; unpickling can run code from the file, so only for files you trust")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUTPUT and OUTPUT.json (default: refused); they are replaced "
+                             "only once the new conversion (and --verify) succeeded. OUTPUT may never be INPUT")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary, _ = convert_checkpoint(args.input, args.output, arch=args.arch, trust=args.trust_checkpoint,
-                                        verify=args.verify, config_path=args.config_file)
-    except (BackboneLoadError, ConversionError, ImportError, OSError) as error:
-        raise SystemExit(f"error: {str(error).splitlines()[0]}") from None
+    summary, _ = convert_checkpoint(args.input, args.output, arch=args.arch, trust=args.trust_checkpoint,
+                                    verify=args.verify, config_path=args.config_file, overwrite=args.overwrite)
     verified = ", verified through detectron2" if args.verify else ""
     print(f"wrote {summary.output_path} ({summary.tensor_count} tensors, {summary.arch}, "
           f"{summary.source_format}{verified}) and {summary.sidecar_path}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,11 +13,13 @@ import importlib
 import warnings
 from types import ModuleType
 
+from pretrain.errors import UserError
+
 INSTALL_HINT = ("install it with `bash scripts/install_detectron2.sh .venv/bin/python` (CPU machines) or "
                 "from source on a GPU cluster, see docs/detection.md")
 
 
-class Detectron2Unavailable(ImportError):
+class Detectron2Unavailable(UserError, ImportError):
     """detectron2 is missing or broken; the message is one line naming the cause and the fix."""
 
 

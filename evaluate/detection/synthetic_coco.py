@@ -16,16 +16,18 @@ Usage: python -m evaluate.detection.synthetic_coco OUT_DIR --train 32 --val 8 --
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from evaluate.errors import DetectionError
+from pretrain.errors import ArgumentParser, cli_main
 from pretrain.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -134,11 +136,11 @@ def generate_synthetic_coco(out_dir: str | os.PathLike, *, train: int = 32, val:
     Returns the paths of the two annotation files, keyed "train" and "val".
     """
     if train < 1 or val < 1:
-        raise ValueError(f"--train and --val must be at least 1, got train={train}, val={val}")
+        raise DetectionError(f"--train and --val must be at least 1, got train={train}, val={val}")
     if size < _MIN_SIZE:
-        raise ValueError(f"--size must be at least {_MIN_SIZE} pixels, got {size}")
+        raise DetectionError(f"--size must be at least {_MIN_SIZE} pixels, got {size}")
     if max_objects < 1:
-        raise ValueError(f"--max-objects must be at least 1, got {max_objects}")
+        raise DetectionError(f"--max-objects must be at least 1, got {max_objects}")
     out_dir = Path(out_dir)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -153,8 +155,9 @@ def generate_synthetic_coco(out_dir: str | os.PathLike, *, train: int = 32, val:
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+@cli_main
+def main(argv: list[str] | None = None) -> int | None:
+    parser = ArgumentParser(
         prog="python -m evaluate.detection.synthetic_coco",
         description="Write a small synthetic COCO-format instance-segmentation set (drawn squares, triangles "
                     "and disks with exact polygon masks) in the COCO 2017 layout, for tests and the demo.")
@@ -166,13 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-objects", type=int, default=3, help="most objects per image (default 3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        paths = generate_synthetic_coco(args.out_dir, train=args.train, val=args.val, size=args.size,
-                                        seed=args.seed, max_objects=args.max_objects)
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+    paths = generate_synthetic_coco(args.out_dir, train=args.train, val=args.val, size=args.size,
+                                    seed=args.seed, max_objects=args.max_objects)
     print(f"wrote {paths['train']} and {paths['val']}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,9 @@
 """Every number that may fill a table cell, as one pandas DataFrame with its provenance.
 
 Two sources feed it. Result records (:mod:`evaluate.report.records`) give the measured numbers:
-they are validated on read, reduced to the records that fill each cell, and their seeds averaged.
+they are validated on read, reduced to the records that fill each cell, and their seeds averaged. A
+cell is one model (its ``model_id``, pretrain/identity.py) under one evaluation setting (protocol id
+plus deviation set); :func:`select_records` holds the rule, and names every record it sets aside.
 Reference CSVs (``results/reference/*.csv``) give published numbers, each with its source; a row
 measured under another protocol than our tables' (multi-crop, Mask R-CNN C4, multi-scale training)
 is kept in a separate block, never in the same column unmarked.
@@ -12,12 +14,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from evaluate.report.records import PROTOCOL_FAMILIES, SCHEMA, iter_records
+from evaluate.report.records import PROTOCOL_FAMILIES, find_record_files, read_record_files
+from pretrain.identity import FOREIGN_RUN_ONLY_KEYS, RUN_ONLY_KEYS, model_config, pretrain_dataset
+from pretrain.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -40,53 +44,28 @@ MULTI_CROP = re.compile(r"(?:with|uses|includes|;|\()\s*multi-crop", re.IGNORECA
 METRIC_ALIASES = {"AP_mask": "AP_segm", "AP_bbox_50": "AP50_bbox", "AP_bbox_75": "AP75_bbox",
                   "AP_mask_50": "AP50_segm", "AP_mask_75": "AP75_segm"}
 
-ABLATION_KEYS = ("neighbors", "k", "loss_form", "positiveness_temperature")
-# A table cell: the same model (method, variant, backbone, schedule) under one protocol family.
-CELL = ["dataset", "protocol", "method", "variant", "backbone", "epochs"]
-FACT_COLUMNS = [*CELL, "metric", "mean", "std", "n", "protocol_id", "records", "checkpoints", "deviations", "source",
-                "block", "reference", "ablation"]
+# The model a cell is about: its identity (pretrain/identity.py) and the epochs it had reached; the
+# data set and protocol family place the cell in a table, method and backbone label its row.
+MODEL = ["dataset", "protocol", "method", "backbone", "model_id", "epochs"]
+# The evaluation setting: records of one model average as seeds only within one setting.
+SETTING = ["protocol_id", "deviations"]
+FACT_COLUMNS = [*MODEL, "alt", "config", "metric", "mean", "std", "n", "protocol_id", "records", "checkpoints",
+                "deviations", "conformant", "alternatives", "pretrain_dataset", "source", "block", "reference", "ablation"]
+SET_ASIDE_COLUMNS = [*MODEL, "ref", "reason", "detail"]
+# Configuration keys a row already shows in a column of its own, never repeated in its label.
+OWN_COLUMNS = ("method", "backbone", "epochs")
+UNSET = "unset"
+# Why a record did not fill a cell, as counted under a table.
+SET_ASIDE_REASONS = {"duplicate": "duplicate of a checkpoint already in its cell",
+                     "conformant": "with deviations, where the model has a conformant setting",
+                     "departure": "with more departures than another setting of the model"}
 
 
-class ReferenceFileError(ValueError):
+class ReferenceFileError(UserError, ValueError):
     """A reference CSV that is malformed; the message names file and line."""
 
 
 # ------------------------------------------------------------------------------------------ records
-
-def find_record_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories into record files.
-
-    A directory is searched recursively: every ``results.jsonl`` is a record file, and any other
-    ``*.jsonl`` is one only if its first line carries the record schema, because run directories
-    also hold JSONL training logs (``metrics.jsonl``). A file named explicitly is always read.
-    """
-    found: dict[Path, Path] = {}
-    for raw in paths:
-        path = Path(raw)
-        if path.is_file():
-            matches = [path]
-        elif path.is_dir():
-            matches = [p for p in sorted(path.rglob("*.jsonl"))
-                       if p.is_file() and (p.name == "results.jsonl" or _looks_like_records(p))]
-            if not matches:
-                raise FileNotFoundError(f"{path}: no result records found (expected results.jsonl or *.jsonl "
-                                        f"files with schema {SCHEMA!r})")
-        else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
-        for match in matches:
-            found.setdefault(match.resolve(), match)  # a file reached twice is read once
-    return list(found.values())
-
-
-def _looks_like_records(path: Path) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        first = next((line for line in handle if line.strip()), "")
-    try:
-        data = json.loads(first)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(data, dict) and str(data.get("schema", "")).startswith("snclr-bench/result/")
-
 
 def _epochs_text(epochs: int | None, planned: int | None, complete: bool | None) -> str:
     # An unfinished schedule is written "done/planned" so it never lands in a finished-epochs column.
@@ -107,17 +86,20 @@ def record_frame(paths: Iterable[str | os.PathLike], metric_kind: str = "final")
     ``ref`` is "file:line" relative to the folder passed in (their common folder when several are),
     so the tables do not depend on where the results lie. ``metric_kind="best"`` takes ``metrics_best``
     where a record has that metric (kNN and detection report one number, so their final value stays).
+    ``config`` is the pre-training configuration the record names (a legacy record's ``variant``), as
+    JSON; ``deviations`` a sorted tuple, so that one deviation set is one value.
     """
     if metric_kind not in ("final", "best"):
         raise ValueError(f"metric_kind must be 'final' or 'best', got {metric_kind!r}")
     paths = list(paths)
     files = find_record_files(paths)
-    bases = [Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent for p in paths]
+    # Paths as given, not resolved: a run folder reached through a symbolic link keeps its name under the base.
+    bases = [os.path.abspath(p if Path(p).is_dir() else Path(p).parent) for p in paths]
     base = Path(os.path.commonpath(bases)) if bases else Path.cwd()
     rows = []
-    for path in files:
-        relative = path.resolve().relative_to(base).as_posix()
-        for record, where in iter_records(path):
+    for path, entries in read_record_files(files).items():
+        relative = Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
+        for record, where in entries:
             metrics = dict(record.metrics_final)
             if metric_kind == "best":
                 metrics.update({k: v for k, v in record.metrics_best.items() if k in metrics})
@@ -125,48 +107,85 @@ def record_frame(paths: Iterable[str | os.PathLike], metric_kind: str = "final")
             if record.pretrain_complete is False:
                 deviations.append(f"pre-training unfinished: epoch {record.pretrain_epochs} of "
                                   f"{record.pretrain_epochs_planned or '?'} planned")
+            # Labels compare the result-changing keys only: seeds of one model then share one config.
+            config = model_config(record.pretrain_config, RUN_ONLY_KEYS | FOREIGN_RUN_ONLY_KEYS) or record.variant
             common = dict(
                 dataset=record.dataset, protocol=record.protocol, protocol_id=record.protocol_id,
-                method=record.method, variant=json.dumps(record.variant, sort_keys=True),
-                backbone=record.backbone,
+                method=record.method, backbone=record.backbone, model_id=record.model_id,
                 epochs=_epochs_text(record.pretrain_epochs, record.pretrain_epochs_planned, record.pretrain_complete),
-                sha=record.checkpoint_sha256, seed=record.seed, conformant=record.protocol_conformant,
-                created=_utc(record.created_at),
-                deviations=tuple(deviations), where=where, ref=f"{relative}:{where.rsplit(':', 1)[1]}",
-                pretrain_dataset=str(record.settings.get("pretrain_dataset", "")))
+                config=json.dumps(config), pretrain_dataset=pretrain_dataset(record.pretrain_config),
+                sha=record.checkpoint_sha256, seed=record.seed, created=_utc(record.created_at),
+                deviations=tuple(sorted(set(deviations))), where=where,
+                ref=f"{relative}:{where.rsplit(':', 1)[1]}")
             rows += [{**common, "metric": metric, "value": float(value)} for metric, value in metrics.items()]
-    return pd.DataFrame(rows, columns=[*CELL, "protocol_id", "sha", "seed", "conformant", "created", "deviations",
-                                       "where", "ref", "pretrain_dataset", "metric", "value"])
+    return pd.DataFrame(rows, columns=[*MODEL, "protocol_id", "config", "pretrain_dataset", "sha", "seed", "created",
+                                       "deviations", "where", "ref", "metric", "value"])
 
 
-def select_records(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per cell, the records that fill it; every record set aside is named in a warning.
+def _choose_settings(records: pd.DataFrame) -> tuple[dict[tuple, int], dict[tuple, tuple[str, str]]]:
+    """Which settings of one model are shown, and in which order; why the others are not.
 
-    - A protocol-conformant record beats one with deviations, whatever their dates.
-    - The same checkpoint evaluated twice under the same protocol id and seed is a duplicate:
-      conformant first, then the newest, then the first "file:line" in sort order is kept.
-    - Several protocol ids for one cell: the one of the best-ranked record fills it.
-    What remains are the seeds (checkpoints or evaluation seeds) of one model, averaged later.
+    Returns ({setting: alt}, {setting: (reason, a record of the setting that wins)}). A conformant
+    setting wins; otherwise a setting whose deviation set lies inside another's wins over that one;
+    what remains is shown, each setting in a row of its own (alt 0, 1, ...), the most seeds first.
     """
-    records = frame.drop_duplicates("where").sort_values(["conformant", "created", "ref"],
-                                                            ascending=[False, False, True], kind="stable")
-    best = records.groupby(CELL, sort=False, dropna=False)
-    records = records.assign(best_ref=best["ref"].transform("first"), best_conformant=best["conformant"].transform("any"),
-                             best_protocol=best["protocol_id"].transform("first"))
-    duplicate = records.duplicated([*CELL, "protocol_id", "sha", "seed"])
-    reasons = pd.Series("", index=records.index)
-    reasons[records["best_protocol"] != records["protocol_id"]] = "another protocol id fills this cell"
-    reasons[records["best_conformant"] & ~records["conformant"]] = "it has deviations and a conformant record exists"
-    reasons[duplicate] = "duplicate of the same checkpoint, protocol id and seed"
-    for _, row in records[reasons != ""].iterrows():
-        logger.warning("%s ignored (%s): %s %s %s %s ep %s; cell filled from %s", row["ref"], reasons[row.name],
-                       row["dataset"], row["method"], row["backbone"], row["epochs"] or "n/a", row["protocol_id"],
-                       row["best_ref"])
-    return frame[frame["where"].isin(records.loc[reasons == "", "where"])]
+    summary = {}
+    for key, group in records.groupby(SETTING, sort=False):
+        summary[key] = (group["sha"].nunique(), group["created"].max().value, group["ref"].min())
+    conformant = [key for key in summary if not key[1]]
+    dropped: dict[tuple, tuple[str, str]] = {}
+    if conformant:
+        shown = conformant
+        dropped = {key: ("conformant", summary[conformant[0]][2]) for key in summary if key[1]}
+    else:
+        shown = []
+        for key in summary:
+            inside = [other for other in summary if set(other[1]) < set(key[1])]
+            if inside:
+                dropped[key] = ("departure", summary[min(inside, key=lambda other: len(other[1]))][2])
+            else:
+                shown.append(key)
+    order = sorted(shown, key=lambda key: (-summary[key][0], len(key[1]), -summary[key][1], summary[key][2]))
+    return {key: alt for alt, key in enumerate(order)}, dropped
 
 
-def _union(values: Iterable[tuple]) -> tuple:
-    return tuple(sorted(set().union(*values)))
+def select_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The records that fill each cell, with their row (``alt``); and the records set aside, with why.
+
+    - Seeds: one model (model_id, epochs reached), one setting (protocol id + deviation set),
+      distinct checkpoints. A second record of one checkpoint in one setting is a duplicate: the
+      newest is kept (then the first "file:line"), the other set aside.
+    - Settings: a conformant one wins; else a deviation set that lies inside another's wins; what
+      remains is shown, each setting in its own row with its own mark (``alternatives``).
+    Every record set aside is named in a warning, and counted under the tables it would have filled.
+    """
+    records = frame.drop_duplicates("where").sort_values(["created", "ref"], ascending=[False, True], kind="stable")
+    duplicate = records.duplicated([*MODEL, *SETTING, "sha"])
+    first = records.groupby([*MODEL, *SETTING, "sha"], sort=False, dropna=False)["ref"].transform("first")
+    aside = [dict(zip(MODEL, row[MODEL]), ref=row["ref"], reason="duplicate", detail=kept)
+             for (_, row), kept in zip(records[duplicate].iterrows(), first[duplicate])]
+    kept = records[~duplicate]
+    alts, notes = {}, {}
+    for model, group in kept.groupby(MODEL, sort=False, dropna=False):
+        shown, dropped = _choose_settings(group)
+        for _, row in group.iterrows():
+            key = (row["protocol_id"], row["deviations"])
+            if key in dropped:
+                reason, instead = dropped[key]
+                aside.append(dict(zip(MODEL, model), ref=row["ref"], reason=reason, detail=instead))
+            else:
+                alts[row["where"]] = shown[key]
+                if len(shown) > 1:
+                    notes[row["where"]] = (f"one of {len(shown)} settings of this model, each in a row of its own; "
+                                           f"this one: {row['protocol_id']}")
+    set_aside = pd.DataFrame(aside, columns=SET_ASIDE_COLUMNS).sort_values("ref", kind="stable", ignore_index=True)
+    for _, row in set_aside.iterrows():
+        logger.warning("%s set aside (%s): %s %s %s %s ep %s; cell filled from %s", row["ref"],
+                       SET_ASIDE_REASONS[row["reason"]], row["dataset"], row["protocol"], row["method"],
+                       row["backbone"], row["epochs"] or "n/a", row["detail"])
+    chosen = frame[frame["where"].isin(alts)]
+    chosen = chosen.assign(alt=[alts[w] for w in chosen["where"]], alternatives=[notes.get(w, "") for w in chosen["where"]])
+    return chosen, set_aside
 
 
 def aggregate(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -174,14 +193,85 @@ def aggregate(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return (frame.groupby(by, dropna=False, sort=True)
             .agg(mean=("value", "mean"), std=("value", "std"), n=("value", "size"), protocol_id=("protocol_id", "first"),
                  records=("ref", tuple), checkpoints=("sha", lambda s: tuple(sorted(set(s)))),
-                 deviations=("deviations", _union))
+                 deviations=("deviations", "first"), alternatives=("alternatives", "first"),
+                 config=("config", "first"), pretrain_dataset=("pretrain_dataset", "first"))
             .reset_index())
 
 
-def measured_facts(paths: Iterable[str | os.PathLike], metric_kind: str = "final") -> pd.DataFrame:
-    facts = aggregate(select_records(record_frame(paths, metric_kind)), [*CELL, "metric"])
-    ablation = facts["variant"].map(lambda text: any(key in json.loads(text) for key in ABLATION_KEYS))
-    return facts.assign(source="measured", block="", reference="", ablation=ablation.astype(bool))
+def measured_facts(paths: Iterable[str | os.PathLike], metric_kind: str = "final") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The measured facts (one per model, setting row and metric) and the records set aside."""
+    chosen, set_aside = select_records(record_frame(paths, metric_kind))
+    facts = aggregate(chosen, [*MODEL, "alt", "metric"])
+    # Table 4 is about pre-training variants: the measured models whose configuration sets the
+    # neighbour mode (ours); the untrained baselines join them there (tables.table4).
+    ablation = facts["config"].map(lambda text: "neighbors" in json.loads(text))
+    return facts.assign(conformant=facts["deviations"].map(len) == 0, source="measured", block="", reference="",
+                        ablation=ablation.astype(bool)), set_aside
+
+
+# ------------------------------------------------------------------------------------------- rows
+
+def config_of(text: str) -> dict:
+    """A fact's configuration (its ``config`` column, JSON) as a dict."""
+    return json.loads(text) if text else {}
+
+
+def value_text(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def _signature(config: dict, keys: Sequence[str]) -> str:
+    return json.dumps([config.get(key, UNSET) for key in keys])
+
+
+def distinguishing_keys(configs: Iterable[dict]) -> list[str]:
+    """The configuration keys that tell these configurations apart, in configuration order.
+
+    A key counts where the configurations that set it disagree; where two still look alike (one
+    lacks a key the other sets), the first key they differ on is added, until none look alike.
+    """
+    distinct = list({json.dumps(c, sort_keys=True): c for c in configs}.values())
+    order = list(dict.fromkeys(key for config in distinct for key in config if key not in OWN_COLUMNS))
+    keys = [key for key in order if len({json.dumps(c[key]) for c in distinct if key in c}) > 1]
+    while True:
+        seen: dict[str, dict] = {}
+        extra: list[str] = []
+        for config in distinct:
+            other = seen.setdefault(_signature(config, keys), config)
+            extra = [key for key in order if key not in keys and other.get(key, UNSET) != config.get(key, UNSET)]
+            if extra:
+                break
+        if not extra:
+            return keys
+        keys = [key for key in order if key in keys or key == extra[0]]
+
+
+def describe_rows(facts: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """What tells each fact's row from its neighbours: (knobs, suffix, keys used anywhere).
+
+    ``knobs`` is "neighbors=soft, temperature=0.1": the configuration keys that differ among the rows
+    of one method and backbone (published rows: of one source and backbone, as a paper's ablation
+    names each variant in its method). Two models that look alike even so (records without a
+    configuration, identified by their file) get their model id as ``suffix``; a second setting of
+    one model is numbered there (" [setting 2]").
+    """
+    configs = facts["config"].map(config_of)
+    knobs = pd.Series("", index=facts.index, dtype=object)
+    used: list[str] = []
+    neighbours = facts["method"].where(facts["source"] == "measured", "published: " + facts["reference"].fillna(""))
+    for _, group in facts.groupby([neighbours, facts["backbone"]], sort=False):
+        keys = distinguishing_keys(configs[group.index])
+        used += [key for key in keys if key not in used]
+        for index in group.index:
+            knobs[index] = ", ".join(f"{key}={value_text(configs[index][key])}" for key in keys if key in configs[index])
+    measured = facts["source"] == "measured"
+    models = facts[measured].assign(knobs=knobs).groupby(["method", "knobs", "backbone", "epochs", "alt"])["model_id"]
+    counts = models.nunique()
+    alike = {key[:2] for key in counts[counts > 1].index}
+    suffixes = [(f" [{model}]" if (method, knob) in alike and is_measured else "") + (f" [setting {alt + 1}]" if alt else "")
+                for method, knob, model, alt, is_measured in zip(facts["method"], knobs, facts["model_id"], facts["alt"],
+                                                                 measured)]
+    return knobs.tolist(), suffixes, used
 
 
 # --------------------------------------------------------------------------------------- references
@@ -225,9 +315,10 @@ def _reference_row(row: dict[str, str], where: str) -> dict | None:
     if row["pretrain_epochs"] and not row["pretrain_epochs"].isdigit():
         raise ReferenceFileError(f"{where}: pretrain_epochs {row['pretrain_epochs']!r} is not an integer")
     return dict(dataset=row["dataset"], protocol=protocol, protocol_id=row["protocol"], method=row["method"],
-                variant=_variant_from_name(row["method"]) if row["table"] == "4" else "{}", backbone=row["backbone"],
-                epochs=row["pretrain_epochs"], metric=METRIC_ALIASES.get(row["metric"], row["metric"]), mean=value,
-                std=float("nan"), n=1, records=(Path(where).name,), checkpoints=(), deviations=(), source="published",
+                config=_variant_from_name(row["method"]) if row["table"] == "4" else "{}", backbone=row["backbone"],
+                model_id="", alt=0, epochs=row["pretrain_epochs"], metric=METRIC_ALIASES.get(row["metric"], row["metric"]),
+                mean=value, std=float("nan"), n=1, records=(Path(where).name,), checkpoints=(), deviations=(),
+                conformant=True, alternatives="", pretrain_dataset="", source="published",
                 block=_other_protocol(row["protocol"], row["method"], row["note"]), reference=row["source"],
                 ablation=row["table"] == "4")
 
@@ -252,8 +343,15 @@ def reference_facts(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 def collect_facts(record_paths: Iterable[str | os.PathLike], reference_paths: Iterable[str | os.PathLike] = (),
                   metric_kind: str = "final") -> pd.DataFrame:
-    """Measured and published facts in one frame: one row per number that may fill a cell."""
+    """Measured and published facts in one frame: one row per number that may fill a cell.
+
+    The records set aside travel with it as ``facts.attrs["set_aside"]`` (columns SET_ASIDE_COLUMNS),
+    so every table can count the ones that concern it.
+    """
     record_paths = list(record_paths)
-    parts = [reference_facts(reference_paths), measured_facts(record_paths, metric_kind) if record_paths else None]
-    parts = [part for part in parts if part is not None and not part.empty]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FACT_COLUMNS)
+    measured, set_aside = (measured_facts(record_paths, metric_kind) if record_paths
+                           else (None, pd.DataFrame(columns=SET_ASIDE_COLUMNS)))
+    parts = [part for part in (reference_facts(reference_paths), measured) if part is not None and not part.empty]
+    facts = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FACT_COLUMNS)
+    facts.attrs["set_aside"] = set_aside
+    return facts

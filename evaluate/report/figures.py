@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from pretrain.errors import UserError
 from pretrain.fileio import atomic_write
 
 # Keys that are the x axis or bookkeeping, not curves.
@@ -22,7 +23,7 @@ _X_KEYS = ("step", "epoch")
 _EVAL_KEYS = ("train_loss", "val_top1", "val_top5")
 
 
-class FigureInputError(ValueError):
+class FigureInputError(UserError, ValueError):
     """Input a figure cannot be drawn from; the message names the file (and line) or argument."""
 
 

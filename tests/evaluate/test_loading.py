@@ -6,7 +6,9 @@ that project names it, with its projector / predictor / head / queue beside the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import torch.nn as nn
 from evaluate.loading import (BackboneLoadError, build_loaded_backbone, build_model, detect_arch,
                               load_backbone_state_dict)
 from pretrain.backbones import build_backbone
+from pretrain.identity import identity_of
 
 
 def backbone_state(arch: str, seed: int = 0, image_size: int = 224) -> dict[str, torch.Tensor]:
@@ -61,21 +64,38 @@ def test_snclr_checkpoint_from_the_real_model(tmp_path):
     assert (loaded.arch, loaded.source_format) == ("resnet18", "snclr")
     assert_same_backbone(loaded, model.backbone.state_dict())
     assert loaded.meta["method"] == "SNCLR" and loaded.meta["pretrain_epochs"] == 7
-    assert loaded.meta["variant"] == {"neighbors": "binary", "k": 4, "loss_form": "paper"}
+    config = {"method": "SNCLR", "backbone": "resnet18", "epochs": 7, "neighbors": "binary", "k": 4,
+              "loss_form": "paper", "positiveness_temperature": 0.1}
+    assert loaded.meta["pretrain_config"] == config and loaded.meta["pretrain_seed"] is None
+    assert loaded.meta["model_id"] == identity_of(config, loaded.sha256).model_id
     dropped_prefixes = {k.split(".")[0] for k in loaded.dropped_keys}
     assert dropped_prefixes == {"momentum_backbone", "projector", "momentum_projector", "predictor", "candidate_set"}
 
-    # soft positiveness: its temperature tau_w (Eq. 4) is an ablation knob of Table 4
+    # Another seed and output folder: the same model. Another tau_w: another model.
     state = torch.load(path, weights_only=True)
-    state["config"]["neighbors"] = "soft"
+    state["config"].update(seed=3, output_dir="elsewhere")
     torch.save(state, path)
-    assert load_backbone_state_dict(path).meta["variant"] == {"neighbors": "soft", "k": 4, "loss_form": "paper",
-                                                              "positiveness_temperature": 0.1}
+    reseeded = load_backbone_state_dict(path).meta
+    assert reseeded["model_id"] == loaded.meta["model_id"] and reseeded["pretrain_seed"] == 3
+    state["config"]["positiveness_temperature"] = 0.05
+    torch.save(state, path)
+    assert load_backbone_state_dict(path).meta["model_id"] != loaded.meta["model_id"]
 
-    # the Eq. 1 ablation: K and the loss form are not part of what was trained
-    state["config"]["neighbors"] = "none"
-    torch.save(state, path)
-    assert load_backbone_state_dict(path).meta["variant"] == {"neighbors": "none"}
+
+def test_foreign_identity_from_stored_args_else_the_file(tmp_path, r18):
+    """DINO's args give two seeds of one run one identity; a bare state dict is its own model."""
+    def dino(seed: int, out_dim: int) -> dict:
+        return {"teacher": prefixed(r18, "backbone."), "epoch": 100,
+                "args": argparse.Namespace(arch="resnet18", out_dim=out_dim, seed=seed, output_dir=f"o{seed}")}
+    torch.save(dino(0, 4096), tmp_path / "a.pth")
+    torch.save(dino(1, 4096), tmp_path / "b.pth")
+    torch.save(dino(0, 65536), tmp_path / "c.pth")
+    a, b, c = (load_backbone_state_dict(tmp_path / f"{n}.pth").meta for n in "abc")
+    assert a["model_id"].startswith("dino:") and a["model_id"] == b["model_id"] != c["model_id"]
+    assert (a["pretrain_seed"], b["pretrain_seed"]) == (0, 1)
+    torch.save(r18, tmp_path / "plain.pth")
+    plain = load_backbone_state_dict(tmp_path / "plain.pth")
+    assert plain.meta["model_id"] == f"sha256:{plain.sha256[:16]}" and plain.meta["pretrain_config"] == {}
 
 
 def test_mocov3_resnet(tmp_path, r18):
@@ -369,6 +389,18 @@ def test_dino_head_count_comes_from_its_stored_args(tmp_path, timm_vit_small):
         load_backbone_state_dict(tmp_path / "dino.pth")
 
 
+def test_dino_teacher_without_args_falls_back_to_dinos_six_heads(tmp_path, timm_vit_small):
+    """A DINO checkpoint with no args.arch (e.g. the teacher alone) takes the format's table entry. Break
+    tried (a mutant that survived the suite): that entry set to 12 -> this test fails, in heads and features."""
+    state = _backbone_tensors(timm_vit_small)
+    torch.save({"teacher": prefixed(state, "backbone.")}, tmp_path / "dino.pth")
+    model, _, loaded = build_loaded_backbone(tmp_path / "dino.pth")
+    assert (loaded.source_format, loaded.vit_heads, loaded.vit_heads_source) == ("dino", 6, "dino format")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(images), _timm_features(timm_vit_small, images), atol=1e-4, rtol=1e-4)
+
+
 def test_plain_vit_small_needs_vit_heads(tmp_path, timm_vit_small):
     torch.save(_backbone_tensors(timm_vit_small), tmp_path / "vit.pth")
     with pytest.raises(BackboneLoadError, match="does not say its head count; pass --vit-heads 6"):
@@ -398,21 +430,29 @@ def test_vit_base_has_12_heads_in_every_source(tmp_path):
 
 # --- the evaluator CLIs --------------------------------------------------------------------------
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("subcommand", ["linear", "linear-fast", "knn", "semisup"])
 def test_every_evaluator_refuses_a_checkpoint_that_runs_code(tmp_path, r18, subcommand):
-    """The refusal reaches the user as one line naming the type and the flag; the marker proves nothing ran."""
+    """The refusal reaches the user as one line naming the type and the flag; the marker proves nothing ran.
+
+    The refusal comes before any evaluation work: --data-dir names no data and --out-dir is never made.
+    Should the gate regress, the run stops at the missing data (and the timeout bounds it) instead of
+    evaluating for up to 40 minutes before failing.
+    """
     from evaluate.__main__ import main as evaluate_main
     from untrusted_pickles import hidden_in
 
     marker = tmp_path / "ran"
     torch.save(hidden_in({"state_dict": prefixed(r18, "module.encoder_q.")}, marker), tmp_path / "m.pth")
     extra = ["--percent", "1"] if subcommand == "semisup" else []
-    with pytest.raises(SystemExit) as exit_info:
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_info:
         evaluate_main([subcommand, "--checkpoint", str(tmp_path / "m.pth"), "--out-dir", str(tmp_path / "run"),
-                       "--num-workers", "0", "--no-tensorboard", *extra])
-    message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "\n" not in message and "--trust-checkpoint" in message, message
+                       "--data-dir", str(tmp_path / "no-data"), "--num-workers", "0", "--no-tensorboard", *extra])
+    (message,) = [line for line in stderr.getvalue().splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and "--trust-checkpoint" in message, message
     assert "exec" in message and not marker.exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_records_the_head_count_and_takes_vit_heads(tmp_path):
@@ -428,3 +468,45 @@ def test_cli_records_the_head_count_and_takes_vit_heads(tmp_path):
                    "--num-workers", "0", "--no-tensorboard"])
     [record] = read_records(tmp_path / "run" / "results.jsonl")
     assert (record.settings["vit_heads"], record.settings["vit_heads_source"]) == (6, "--vit-heads")
+
+
+def _snclr_file(path, backbone: str, config_backbone: str | None = None) -> dict:
+    from pretrain.model import SNCLR
+
+    torch.manual_seed(0)
+    model = SNCLR(backbone, image_size=32, proj_hidden_dim=32, dim=16, candidate_set_size=64, k=4)
+    torch.save({"format": "snclr-bench/pretrain/v1", "model": model.state_dict(), "optimizer": {}, "epoch": 1,
+                "config": {"method": "SNCLR", "backbone": config_backbone or backbone, "epochs": 1,
+                           "image_size": 32}}, path)
+    return model.backbone.state_dict()
+
+
+def test_small_image_resnet_round_trip(tmp_path):
+    """Our resnet18_cifar checkpoint loads as resnet18_cifar (3x3 conv1 tells it from resnet18), and the
+    built backbone computes what the trained one did."""
+    expected = _snclr_file(tmp_path / "cifar.pth", "resnet18_cifar")
+    assert detect_arch(expected)[0] == "resnet18_cifar"
+    model, dim, loaded = build_loaded_backbone(tmp_path / "cifar.pth")
+    assert (loaded.arch, dim, loaded.meta["arch"]) == ("resnet18_cifar", 512, "resnet18_cifar")
+    assert_same_backbone(loaded, expected)
+    source, _ = build_backbone("resnet18_cifar")
+    source.load_state_dict(expected)
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(images), source.eval()(images))
+    with pytest.raises(BackboneLoadError, match="holds a resnet18_cifar backbone, but --arch resnet18"):
+        load_backbone_state_dict(tmp_path / "cifar.pth", "resnet18")
+
+
+def test_small_image_resnet_whose_config_disagrees_or_whose_padding_is_unknown_is_refused(tmp_path):
+    """A config naming resnet18 over 3x3-stem tensors, and a solo-learn CIFAR checkpoint (stem padded by 2,
+    a different function with the same shapes), are refused with one line."""
+    _snclr_file(tmp_path / "mislabelled.pth", "resnet18_cifar", config_backbone="resnet18")
+    with pytest.raises(BackboneLoadError, match="config names backbone 'resnet18' but the tensors are a resnet18_cifar"):
+        load_backbone_state_dict(tmp_path / "mislabelled.pth")
+    torch.save({"state_dict": prefixed(backbone_state("resnet18_cifar"), "backbone.")}, tmp_path / "solo.ckpt")
+    with pytest.raises(BackboneLoadError, match="does not record its stem padding"):
+        load_backbone_state_dict(tmp_path / "solo.ckpt")
+    odd = dict(backbone_state("resnet18"))
+    odd["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    with pytest.raises(BackboneLoadError, match="5x5 first convolution"):
+        detect_arch(odd)

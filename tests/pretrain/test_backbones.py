@@ -42,3 +42,38 @@ def test_snclr_model_leaves_the_projection_out_of_the_optimised_parameters():
         assert id(encoder.patch_embed.proj.weight) not in trainable
         assert id(encoder.patch_embed.proj.bias) not in trainable
     assert id(model.backbone.blocks[0].attn.qkv.weight) in trainable
+
+
+def _layer4_map(model: torch.nn.Module, images: torch.Tensor) -> tuple[int, ...]:
+    seen = {}
+
+    def record(module, inputs, output) -> None:
+        seen["shape"] = output.shape
+
+    handle = model.layer4.register_forward_hook(record)
+    model(images)
+    handle.remove()
+    return tuple(seen["shape"])
+
+
+def test_small_image_resnet18_keeps_a_4x4_map_at_32_px():
+    """3x3 stride-1 stem, no max-pool: 32 px reaches layer4 as 4x4 (torchvision's stem: 1x1), same
+    512-d pooled feature, and the same tensor names as torchvision's ResNet-18 (conv1 reshaped only).
+
+    Mutation tried: keeping torchvision's max-pool in build_small_image_resnet gives 2x2 here."""
+    torch.manual_seed(0)
+    small, dim = build_backbone("resnet18_cifar")
+    imagenet, imagenet_dim = build_backbone("resnet18")
+    images = torch.randn(2, 3, 32, 32)
+    assert dim == imagenet_dim == 512
+    assert small(images).shape == (2, 512)
+    assert _layer4_map(small, images) == (2, 512, 4, 4)
+    assert _layer4_map(imagenet, images) == (2, 512, 1, 1)
+    small_state, imagenet_state = small.state_dict(), imagenet.state_dict()
+    assert list(small_state) == list(imagenet_state)
+    differing = [k for k in small_state if small_state[k].shape != imagenet_state[k].shape]
+    assert differing == ["conv1.weight"] and small_state["conv1.weight"].shape == (64, 3, 3, 3)
+    conv = small.conv1
+    assert (conv.stride, conv.padding, conv.bias) == ((1, 1), (1, 1), None)
+    # torchvision's kaiming-normal (fan_out) init: std sqrt(2 / (64 * 9)) = 0.059, not PyTorch's default.
+    assert abs(float(conv.weight.detach().std()) - math.sqrt(2 / (64 * 9))) < 0.01

@@ -72,6 +72,9 @@ def test_cli_flags_parse_none_only_for_optional_fields():
     ({"max_steps_per_epoch": 0}, "max_steps_per_epoch=0: expected a positive integer"),
     ({"temperature": 0.0}, "temperature=0.0: expected a positive number"),
     ({"min_scale": 1.5}, "min_scale=1.5: expected a crop scale in"),
+    ({"blur_p2": 1.5}, "blur_p2=1.5: expected a probability in"),
+    ({"jitter_strength": -0.5}, "jitter_strength=-0.5: expected a non-negative factor"),
+    ({"method": "BYOL"}, "method='BYOL': expected one of SNCLR, supervised"),
     ({"momentum": 1.5}, "momentum=1.5: expected an EMA coefficient in"),
     ({"dim": 0}, "dim=0: expected a positive integer"),
 ])

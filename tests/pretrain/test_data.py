@@ -40,7 +40,7 @@ def test_view_one_always_blurred_never_solarised_view_two_the_other_way():
     Mutations tried, each failing this test: the two views' blur and solarisation probabilities
     exchanged; view 1's blur p = 0.5; view 1 solarised with p = 0.2."""
     torch.manual_seed(0)
-    views = TwoViews(image_size=16)
+    views = TwoViews(16)
     blurs = _count_blurs(views.first), _count_blurs(views.second)
     white = Image.new("RGB", (16, 16), (255, 255, 255))
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
@@ -116,3 +116,22 @@ def test_idx_reader_reads_the_shape_and_refuses_truncated_or_padded_files(tmp_pa
         _write_idx(bad, (3, 2, 2), bytes(range(count)))
         with pytest.raises(DataError, match=rf"{bad.name}: header says shape \(3, 2, 2\) but holds {count} values"):
             read_idx(bad)
+
+
+def test_augmentation_knobs_reach_each_view():
+    """The config's per-view probabilities and jitter strength are what the transforms apply: with
+    blur off, view 1 solarised always and view 2 never, and the jitter half as strong as BYOL's.
+
+    Mutations tried, each failing this test: TwoViews passing view 1's probabilities to view 2;
+    jitter_strength ignored (BYOL's 0.4 brightness range kept)."""
+    torch.manual_seed(0)
+    views = TwoViews(16, blur_p=(0.0, 0.0), solarize_p=(1.0, 0.0), jitter_strength=0.5, jitter_p=1.0)
+    blurs = _count_blurs(views.first), _count_blurs(views.second)
+    jitter = views.first.transforms[1].transforms[0]
+    assert jitter.brightness == pytest.approx((0.8, 1.2)) and jitter.hue == pytest.approx((-0.05, 0.05))
+    white = Image.new("RGB", (16, 16), (255, 255, 255))
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    for _ in range(50):
+        first, second = ((view * std + mean) * 255 for view in views(white))
+        assert first.max() < 128 <= second.max()     # brightness >= 0.8 keeps white >= 204 before solarising
+    assert blurs[0].calls == blurs[1].calls == 0

@@ -109,6 +109,14 @@ def test_lars_defaults_are_moco_v3s():
     assert (defaults["weight_decay"], defaults["momentum"], defaults["trust_coefficient"]) == (0.0, 0.9, 0.001)
 
 
+def test_no_warmup_starts_the_cosine_at_the_peak():
+    """--warmup-epochs 0 is allowed: step 0 gets the peak, not a 0/0 division (a mutant ending the
+    warm-up with ``<=`` crashed here)."""
+    schedule = dict(peak_lr=0.8, warmup_epochs=0.0, total_epochs=10.0)
+    assert warmup_cosine_lr(0.0, **schedule) == 0.8
+    assert warmup_cosine_lr(5.0, **schedule) == pytest.approx(0.4, abs=1e-12)
+
+
 def test_warmup_starts_at_one_millionth_by_default():
     assert warmup_cosine_lr(0.0, peak_lr=0.8, warmup_epochs=2.0, total_epochs=10.0) == 1e-6
 

@@ -194,6 +194,47 @@ def test_sigterm_mid_epoch_then_resume_equals_the_straight_run_bit_for_bit(image
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.fixture(scope="module", params=["device", "dali"])
+def pipeline_run(request, image_tree, tmp_path_factory):
+    """(output folder, pipeline) of a straight 2-epoch run with a batched pipeline (DALI on its CPU backend)."""
+    out = tmp_path_factory.mktemp(f"{request.param}_run")
+    assert run(image_tree, out, "--epochs", "2", "--data-pipeline", request.param) == 0
+    return out, request.param
+
+
+def test_the_resolved_pipeline_is_recorded(two_epoch_run, pipeline_run):
+    """``auto`` on CPU with an image folder is the PIL path; config.yaml and checkpoints say so."""
+    import yaml
+    for out, name in ((two_epoch_run, "pil"), pipeline_run):
+        assert yaml.safe_load((out / "config.yaml").read_text())["data_pipeline"] == name
+        for checkpoint in ("checkpoint.pth", "snclr_resnet18_ep2.pth"):
+            assert torch.load(out / checkpoint, weights_only=True)["config"]["data_pipeline"] == name
+
+
+def test_sigterm_mid_epoch_then_resume_with_a_batched_pipeline_is_exact(image_tree, tmp_path, pipeline_run,
+                                                                       monkeypatch):
+    """As the PIL test above, with the device and the DALI pipelines. The rerun gives no
+    --data-pipeline: ``auto`` keeps the checkpoint's pipeline.
+
+    Fails when the device pipeline counts batches from where the (resumed) call starts instead of
+    taking the sampler's images (mutation tried in ``DevicePipeline.epoch``:
+    ``self.views(epoch, np.arange(start, start + self.batch_size))``)."""
+    straight, name = pipeline_run
+    original = signal_during_step(monkeypatch, 1)
+    assert run(image_tree, tmp_path, "--epochs", "2", "--data-pipeline", name) == 0
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["step_in_epoch"] == 1
+    monkeypatch.setattr(train_module, "warmup_cosine_lr", original)
+    assert run(image_tree, tmp_path, "--epochs", "2") == 0
+    assert_same_training_state(tmp_path / "checkpoint.pth", straight / "checkpoint.pth")
+
+
+def test_the_pipelines_train_on_different_views(two_epoch_run, pipeline_run):
+    """A batched run is not the PIL run relabelled (which would make the test above vacuous)."""
+    pil = torch.load(two_epoch_run / "checkpoint.pth", weights_only=True)["model"]
+    other = torch.load(pipeline_run[0] / "checkpoint.pth", weights_only=True)["model"]
+    assert any(not torch.equal(pil[key], other[key]) for key in pil if pil[key].is_floating_point())
+
+
 def test_sigint_during_a_save_completes_the_save(image_tree, tmp_path, monkeypatch, capsys):
     """Ctrl-C while the epoch-1 checkpoint is being written: the save completes and the run stops.
 
@@ -235,6 +276,7 @@ def test_missing_final_checkpoint_is_written_on_a_resume_at_the_end(image_tree, 
     (["--epochs", "3"], "epochs 2 -> 3"),
     (["--epochs", "1", "--extend-schedule"], "epochs 2 -> 1"),
     (["--k", "3", "--seed", "2"], "k 4 -> 3, seed 0 -> 2"),
+    (["--data-pipeline", "device"], "data_pipeline 'pil' -> 'device'"),
 ])
 def test_resume_refuses_a_result_changing_flag(image_tree, tmp_path, two_epoch_run, capsys, flags, change):
     """Fails on the previous code, which compared only shape keys and relabelled the checkpoint."""
@@ -306,6 +348,7 @@ def test_a_diverged_run_never_writes_a_checkpoint(image_tree, tmp_path, capsys):
     ("--image-size", "0", "image_size=0: expected a positive integer"),
     ("--train-limit", "-5", "train_limit=-5: expected a positive number of images"),
     ("--epochs", "0", "epochs=0: expected a positive integer"),
+    ("--data-pipeline", "gpu", "data_pipeline='gpu': expected one of auto, pil, device, dali"),
 ])
 def test_bad_flags_give_one_line_and_write_nothing(image_tree, tmp_path, capsys, flag, value, message):
     """Fails on the previous code: tracebacks (log_every 0, image_size 0), silent runs (save_every 0,
@@ -356,3 +399,205 @@ def test_truncate_after_drops_only_later_lines(tmp_path):
     log.truncate_after(2)
     assert [json.loads(line) for line in log.path.read_text().splitlines()] == \
         [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}]
+
+
+def test_device_pipeline_on_mixed_image_sizes_gives_one_line(tmp_path, capsys):
+    """The device pipeline holds one array: a folder of unequal images is refused, naming a file."""
+    from PIL import Image
+    for split in ("train", "val"):
+        for name, size in (("a", (32, 32)), ("b", (40, 32))):
+            folder = tmp_path / "tree" / split / name
+            folder.mkdir(parents=True)
+            for i in range(8):
+                Image.new("RGB", size).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    assert run(tmp_path / "tree", out, "--data-pipeline", "device", "--batch-size", "8") == 2
+    line = _error_line(capsys)
+    assert "40x32 px, but the first image is 32x32" in line and line.startswith("error: "), line
+    assert not out.exists()
+
+
+# --- faults that used to lose work (issue 16 section 2) -----------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# `python -m pretrain` in a child process whose data loading is slowed to 0.1 s per image, so a
+# signal sent after the first logged step lands while the DataLoader workers are busy.
+SLOW_PRETRAIN = """
+import sys, time
+import pretrain.data as data
+original = data.SeededAugmentation.__getitem__
+def slow(self, index):
+    time.sleep(0.1)
+    return original(self, index)
+data.SeededAugmentation.__getitem__ = slow
+from pretrain.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _child_env():
+    # The parent's thread settings: the child's steps are compared bit for bit with an in-process run.
+    return {**os.environ, "PYTHONPATH": REPO}
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_bit_for_bit(image_tree, tmp_path,
+                                                                                  two_epoch_run):
+    """SIGTERM to every process of the job (os.killpg, as SLURM and systemd send it) with 2 DataLoader
+    workers: the run saves and exits 0, and the rerun ends equal to the straight run. Fails on the
+    issue-16 code: the workers died first and the main process ended with rc 1 and a traceback."""
+    import subprocess
+    import sys
+    import time
+    argv = [*TINY, "--data-dir", str(image_tree), "--output-dir", str(tmp_path), "--epochs", "2", "--workers", "2"]
+    child = subprocess.Popen([sys.executable, "-c", SLOW_PRETRAIN, *argv], cwd=REPO, env=_child_env(),
+                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text().strip():
+        assert child.poll() is None and time.time() < deadline, child.communicate()
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGTERM)
+    out, err = child.communicate(timeout=240)
+    assert child.returncode == 0, err[-3000:]
+    assert out.strip().splitlines()[-1].startswith("stopped by SIGTERM at epoch "), out
+    assert "Traceback" not in err
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert 1 <= state["global_step"] < 4   # stopped mid-run, not at its end
+    assert run(image_tree, tmp_path, "--epochs", "2", "--workers", "2") == 0
+    assert_same_training_state(tmp_path / "checkpoint.pth", two_epoch_run / "checkpoint.pth")
+
+
+def test_a_full_disk_at_save_is_one_line_and_keeps_the_previous_checkpoint(image_tree, tmp_path, epoch_one_run):
+    """The save of epoch 2 fails (RLIMIT_FSIZE of 1 MB in a child process: torch's writer reports
+    "unexpected pos", as on a full disk). Fails on the issue-16 code: a RuntimeError traceback."""
+    import resource
+    import subprocess
+    import sys
+    (tmp_path / "checkpoint.pth").write_bytes((epoch_one_run / "checkpoint.pth").read_bytes())
+    before = sha(tmp_path / "checkpoint.pth")
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # write() then fails with EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    argv = [*TINY, "--data-dir", str(image_tree), "--output-dir", str(tmp_path), "--epochs", "2"]
+    child = subprocess.run([sys.executable, "-m", "pretrain", *argv], cwd=REPO, env=_child_env(),
+                           preexec_fn=limit_file_size, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 2, child.stderr[-3000:]
+    assert child.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path}: cannot write the checkpoint (File too large); checkpoint.pth holds epoch 1 step 0")
+    assert sha(tmp_path / "checkpoint.pth") == before
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "snclr_resnet18_ep2.pth").exists()
+
+
+def test_free_space_check_asks_for_one_new_checkpoint_when_resuming(image_tree, tmp_path, epoch_one_run,
+                                                                     monkeypatch):
+    """An atomic save needs the old file plus one new one. Fails on the issue-16 code, which asked for
+    three checkpoints' worth on top of the one on disk (a run could not resume on the disk it began on)."""
+    asked = []
+    original = train_module.check_free_space
+    monkeypatch.setattr(train_module, "check_free_space",
+                        lambda folder, needed, what: (asked.append(needed), original(folder, needed, what))[1])
+    assert run(image_tree, tmp_path / "fresh", "--epochs", "1") == 0
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "resumed" / "checkpoint.pth").write_bytes((epoch_one_run / "checkpoint.pth").read_bytes())
+    assert run(image_tree, tmp_path / "resumed", "--epochs", "2") == 0
+    size = (epoch_one_run / "checkpoint.pth").stat().st_size
+    assert asked[1] == size                     # one new file beside the old one
+    assert size < asked[0] / 2 < 1.2 * size     # a fresh run: twice an upper estimate of one file
+
+
+@pytest.mark.parametrize("how", ["--resume", "rerun"])
+def test_an_empty_checkpoint_is_one_line(image_tree, tmp_path, capsys, how):
+    """Fails on the issue-16 code: an IndexError traceback (the EOFError has an empty message)."""
+    empty = tmp_path / "checkpoint.pth"
+    empty.write_bytes(b"")
+    extra = ["--resume", str(empty)] if how == "--resume" else []
+    assert run(image_tree, tmp_path / "out" if extra else tmp_path, "--epochs", "1", *extra) == 2
+    assert _error_line(capsys) == (f"error: {empty}: empty file (0 bytes), not a checkpoint (a copy or save that "
+                                   "never completed?)")
+    assert empty.read_bytes() == b""
+
+
+def test_a_directory_given_as_resume_checkpoint_is_named_so(image_tree, tmp_path, capsys):
+    """Fails on the issue-16 code: "does not exist" for a folder that does."""
+    assert run(image_tree, tmp_path / "out", "--epochs", "1", "--resume", str(tmp_path)) == 2
+    assert _error_line(capsys) == f"error: checkpoint {tmp_path} is a directory, expected a file"
+
+
+def test_a_second_sigterm_ends_in_one_line_naming_what_was_saved(image_tree, tmp_path, monkeypatch, capsys):
+    """Two SIGTERMs in step 1 of epoch 1 (after epoch 0's save), the second after the duplicate
+    window: the run ends at once, with exit status 143 and a line saying which checkpoint holds it.
+    Fails on the issue-16 code: a KeyboardInterrupt traceback."""
+    import time
+    original = train_module.warmup_cosine_lr
+    calls = {"n": 0}
+
+    def lr_then_two_signals(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(train_module.StopRequest.DUPLICATE_S + 0.1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "warmup_cosine_lr", lr_then_two_signals)
+    assert run(image_tree, tmp_path, "--epochs", "2") == 128 + signal.SIGTERM
+    assert _error_line(capsys) == (f"stopped: second SIGTERM: stopped without saving since the last save; "
+                                   f"{tmp_path / 'checkpoint.pth'} holds epoch 1 step 0; rerun the same command "
+                                   "to resume from it")
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 1
+
+
+def test_a_signal_repeated_within_milliseconds_is_one_request(image_tree, tmp_path, monkeypatch, capsys):
+    """A process-group SIGTERM that a launcher also forwards (srun, submitit's local controller)
+    arrives twice at once: the run still saves and stops. Fails without the duplicate window (the
+    repeat read as insistence, and the run ended unsaved)."""
+    original = train_module.warmup_cosine_lr
+    calls = {"n": 0}
+
+    def lr_then_a_repeated_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "warmup_cosine_lr", lr_then_a_repeated_signal)
+    assert run(image_tree, tmp_path, "--epochs", "2") == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("stopped by SIGTERM at epoch 0 step 1")
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["global_step"] == 1
+
+
+def test_a_planted_lock_or_metrics_link_is_refused_and_its_target_untouched(image_tree, tmp_path, capsys):
+    """Fails on the issue-15 code: the lock emptied the link's target and wrote "pid N on HOST" into it;
+    metrics.jsonl appended through the link."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for name in (".run.lock", "metrics.jsonl"):
+        out = tmp_path / name.strip(".")
+        out.mkdir()
+        (out / name).symlink_to(victim)
+        assert run(image_tree, out, "--epochs", "1") == 2
+        assert _error_line(capsys) == (f"error: {out / name} is a symbolic link; refusing to write through it "
+                                       "(remove the link or choose another output folder)")
+        assert victim.read_text() == "precious\n"
+        assert not (out / "checkpoint.pth").exists()
+
+
+def test_resume_refusal_is_whole_and_trust_checkpoint_is_accepted(image_tree, two_epoch_run, tmp_path, capsys):
+    """Before issue 15 `pretrain --resume` cut the refusal at 120 characters (the flag's name was lost) and
+    had no --trust-checkpoint to pass."""
+    import pathlib
+
+    state = torch.load(two_epoch_run / "checkpoint.pth", weights_only=True)
+    bad = tmp_path / ("a-long-folder-name-so-that-the-path-alone-takes-most-of-a-line-" * 2) / "checkpoint.pth"
+    bad.parent.mkdir()
+    torch.save({**state, "note": pathlib.PosixPath("/tmp")}, bad)
+    out = tmp_path / "out"
+    assert run(image_tree, out, "--epochs", "2", "--resume", str(bad)) == 2
+    assert _error_line(capsys) == (
+        f"error: {bad}: refused to load: it pickles {pathlib.PosixPath.__module__}.PosixPath, which is not a tensor "
+        "or an allow-listed type and could run code; pass --trust-checkpoint only if you trust where the file came from")
+    assert run(image_tree, out, "--epochs", "2", "--resume", str(bad), "--trust-checkpoint") == 0
+    assert torch.load(out / "snclr_resnet18_ep2.pth", weights_only=True)["epoch"] == 2

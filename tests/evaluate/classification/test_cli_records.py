@@ -6,6 +6,8 @@ CLI call takes well under a second in-process.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 
 import pytest
@@ -32,10 +34,11 @@ def run(subcommand: str, data, out, *args: str) -> None:
 
 
 def refused(subcommand: str, data, out, *args: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_info:
         run(subcommand, data, out, *args)
-    message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message  # a str exit code means status 1
+    (message,) = [line for line in stderr.getvalue().splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and "Traceback" not in stderr.getvalue(), stderr.getvalue()
     return message
 
 
@@ -51,6 +54,21 @@ def test_raw_pixel_knn_and_fast_linear_probe_write_records(data, tmp_path):
         assert (record.method, record.backbone, record.checkpoint_path) == ("raw-pixels", "raw-pixels", "identity")
     # Solid noisy colours per class: raw pixels separate them, so the number is far above chance.
     assert knn.metrics_final["knn_top1_k3"] > 90.0
+
+
+def test_records_carry_the_model_identity_of_what_they_evaluated(data, tmp_path):
+    """Random init of one architecture is one model whose seeds pick the weights: two seeds share a
+    model_id and carry their pre-training seed; raw pixels are a model of their own."""
+    for seed in (0, 1):
+        run("knn", data, tmp_path / f"r{seed}", "--checkpoint", "random", "--arch", "resnet18", "--k", "3",
+            "--seed", str(seed))
+    run("knn", data, tmp_path / "raw", "--checkpoint", "identity", "--k", "3")
+    (first,), (second,), (raw,) = (read_records(tmp_path / name / "results.jsonl") for name in ("r0", "r1", "raw"))
+    assert first.model_id == second.model_id and first.model_id.startswith("random-init:")
+    assert first.checkpoint_sha256 != second.checkpoint_sha256  # two checkpoints: two seeds of one cell
+    assert (first.pretrain_seed, second.pretrain_seed) == (0, 1)
+    assert first.pretrain_config == {"method": "random-init", "backbone": "resnet18", "seed": 0}
+    assert raw.model_id.startswith("raw-pixels:") and raw.pretrain_seed is None
 
 
 def test_raw_pixel_features_are_the_flattened_normalised_crop():
@@ -82,7 +100,7 @@ def test_limits_and_a_non_dino_interpolation_are_deviations(data, tmp_path):
 def test_knn_features_are_taken_with_a_bicubic_resize(data, tmp_path):
     """The cached features' key spells out the transform: DINO's bicubic Resize, then the centre crop."""
     run("knn", data, tmp_path / "run", "--checkpoint", "identity", "--k", "2")
-    keys = [torch.load(path, weights_only=True)["key"] for path in (tmp_path / "feature_cache").glob("*.pt")]
+    keys = [torch.load(path, weights_only=True)["key"] for path in (tmp_path / "run" / "feature_cache").glob("*.pt")]
     assert len(keys) == 2 and all("Resize(size=9, interpolation=bicubic" in key["transform"] for key in keys)  # 8 / 0.875
     assert all(key["versions"].startswith("code=") and "torch=" in key["versions"] for key in keys)
 
@@ -186,7 +204,7 @@ def test_a_corrupt_resume_state_is_one_line(data, tmp_path):
 def test_a_corrupt_feature_cache_is_one_line(data, tmp_path):
     """Fails on the pre-issue-8 code: torch.load's traceback."""
     run("knn", data, tmp_path / "run", "--checkpoint", "identity", "--k", "2")
-    for cached in (tmp_path / "feature_cache").glob("*.pt"):
+    for cached in (tmp_path / "run" / "feature_cache").glob("*.pt"):
         cached.write_bytes(cached.read_bytes()[:100])
     message = refused("knn", data, tmp_path / "run", "--checkpoint", "identity", "--k", "2")
     assert "feature_cache" in message and "corrupt feature cache" in message
@@ -213,11 +231,155 @@ def test_an_out_dir_that_cannot_be_made_is_one_line(data, tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_torn_record(data, tmp_path):
-    """results.jsonl points at /dev/full, which fails every write with ENOSPC. Fails on the pre-issue-8
-    code: an OSError traceback."""
-    if not __import__("os").path.exists("/dev/full"):
-        pytest.skip("/dev/full is Linux-only")
+    """The record's write stops part-way: results.jsonl already holds blank lines up to 100 bytes
+    under the child's RLIMIT_FSIZE, so the kernel writes 100 bytes of the record, then refuses (as a
+    full disk does, with EFBIG for ENOSPC). The file is cut back to its previous length. Fails on the
+    pre-issue-8 code: an OSError traceback. (It used /dev/full through a symbolic link, which
+    results.jsonl no longer follows.)"""
+    import os
+    import resource
+    import signal
+    import sys
+    from classification_fixtures import REPO
+    limit = 2**20
+    results = tmp_path / "run" / "results.jsonl"
+    results.parent.mkdir()
+    results.write_text("\n" * (limit - 100))
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    child = subprocess.run([sys.executable, "-m", "evaluate", "knn", "--dataset", "imagefolder", "--data-dir",
+                            str(data), "--out-dir", str(tmp_path / "run"), *FAST, "--checkpoint", "identity",
+                            "--k", "2"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                           preexec_fn=limit_file_size, capture_output=True, text=True, timeout=300)
+    assert child.returncode != 0
+    assert child.stderr.strip().splitlines()[-1] == (f"error: {results}: cannot write the result record "
+                                                     "(File too large)")
+    assert results.read_text() == "\n" * (limit - 100)
+
+
+def test_a_full_disk_while_caching_features_is_one_line(data, tmp_path):
+    """The feature cache's save fails (a 16 kB RLIMIT_FSIZE in the child; the raw-pixel train features
+    are 18 kB): torch's writer says "unexpected pos", the user reads one line naming the file. Fails
+    on the issue-16 code: a RuntimeError traceback."""
+    import os
+    import resource
+    import signal
+    import sys
+    from classification_fixtures import REPO
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    child = subprocess.run([sys.executable, "-m", "evaluate", "knn", "--dataset", "imagefolder", "--data-dir",
+                            str(data), "--out-dir", str(tmp_path / "run"), *FAST, "--checkpoint", "identity",
+                            "--k", "2"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                           preexec_fn=limit_file_size, capture_output=True, text=True, timeout=300)
+    assert child.returncode != 0
+    last = child.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path / 'run' / 'feature_cache'}/") and last.endswith(".pt: File too large")
+    assert not list((tmp_path / "run" / "feature_cache").iterdir()) and not (tmp_path / "run" / "results.jsonl").exists()
+
+
+# --- files the evaluators write, faults that lost work (issues 15 section 3, 16 section 2) --------
+
+def test_results_file_that_is_a_symlink_is_refused_before_the_evaluation(data, tmp_path):
+    """Fails on the issue-15 code: the record was appended to the link's target."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "results.jsonl").symlink_to("/dev/full")
+    (tmp_path / "run" / "results.jsonl").symlink_to(victim)
     message = refused("knn", data, tmp_path / "run", "--checkpoint", "identity", "--k", "2")
-    assert "results.jsonl" in message and "No space left on device" in message
+    assert message == (f"error: {tmp_path / 'run' / 'results.jsonl'} is a symbolic link; refusing to append a "
+                       "record through it (remove the link or choose another output folder)")
+    assert victim.read_text() == "precious\n" and not (tmp_path / "run" / "feature_cache").exists()
+
+
+def test_metrics_log_that_is_a_symlink_is_refused(data, tmp_path):
+    """Fails on the issue-15 code: the per-epoch log was appended to the link's target."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "linear_fast_metrics.jsonl").symlink_to(victim)
+    message = refused("linear-fast", data, tmp_path / "run", "--checkpoint", "identity", "--epochs", "1")
+    assert "linear_fast_metrics.jsonl is a symbolic link; refusing to write through it" in message
+    assert victim.read_text() == "precious\n" and not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_results_file_without_a_final_newline_is_refused_before_the_evaluation(data, tmp_path):
+    """Fails on the issue-16 code: the evaluation ran, its record was glued onto the fragment, the run
+    exited 0, and `tables` then refused the file."""
+    results = tmp_path / "run" / "results.jsonl"
+    results.parent.mkdir()
+    results.write_text('{"schema": "snclr-bench/result/v1", "meth')
+    message = refused("knn", data, tmp_path / "run", "--checkpoint", "identity", "--k", "2")
+    assert message == (f"error: {results}: its last line has no newline (cut short or hand-edited); complete or "
+                       "remove that line, then run again: a record appended now would be glued onto it")
+    assert results.read_text() == '{"schema": "snclr-bench/result/v1", "meth'
+    assert not (tmp_path / "run" / "feature_cache").exists()   # checked before any work
+
+
+def test_an_edited_feature_cache_is_refused(data, tmp_path):
+    """The issue's attack: the cached val features are edited (here: rows swapped) with the key kept,
+    which turned a kNN 62.00 into 52.00 with no warning. Fails on the issue-15 code (the edited
+    features were used and the record written)."""
+    run("knn", data, tmp_path / "run", "--checkpoint", "identity", "--k", "2")
+    [honest] = read_records(tmp_path / "run" / "results.jsonl")
+    for cached in (tmp_path / "run" / "feature_cache").glob("*.pt"):
+        stored = torch.load(cached, weights_only=True)
+        stored["features"] = stored["features"].roll(1, dims=0)   # every image gets another's features
+        torch.save(stored, cached)
+    message = refused("knn", data, tmp_path / "run", "--checkpoint", "identity", "--k", "2")
+    assert "feature_cache" in message and "does not match the digest stored with it (edited or damaged)" in message
+    assert read_records(tmp_path / "run" / "results.jsonl") == [honest]
+
+
+def test_default_feature_cache_is_inside_the_out_dir(data, tmp_path):
+    """Fails on the issue-15 code: OUT_DIR/../feature_cache, i.e. /tmp/feature_cache for --out-dir /tmp/x."""
+    run("knn", data, tmp_path / "x", "--checkpoint", "identity", "--k", "2")
+    assert list((tmp_path / "x" / "feature_cache").glob("*.pt")) and not (tmp_path / "feature_cache").exists()
+
+
+@pytest.mark.parametrize("subcommand, flags, expected", [
+    ("knn", ["--num-workers", "-1"], "error: --num-workers must be >= 0, got -1"),
+    ("knn", ["--test-chunk", "0"], "error: --test-chunk must be >= 1 (rows per similarity block), got 0"),
+    ("knn", ["--train-chunk", "0"], "error: --train-chunk must be >= 1 (rows per similarity block), got 0"),
+])
+def test_bad_run_flags_are_one_line(data, tmp_path, subcommand, flags, expected):
+    """Fails on the issue-16 code: a DataLoader ValueError traceback (--num-workers -1) and "range() arg
+    3 must not be zero" (a chunk of 0)."""
+    base = [arg for arg in FAST if arg not in ("--num-workers", "0")]
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_info:
+        evaluate_main([subcommand, "--dataset", "imagefolder", "--data-dir", str(data), "--out-dir",
+                       str(tmp_path / "run"), *base, "--checkpoint", "identity", "--k", "2", *flags])
+    assert exit_info.value.code == 2 and stderr.getvalue().strip().splitlines() == [expected], stderr.getvalue()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_linear_probe_is_not_recorded(data, tmp_path):
+    """An lr of 1e38 overflows the float32 head and the loss turns NaN. Fails on the issue-16 code:
+    the diverged probe's accuracy was recorded as a result."""
+    message = refused("linear-fast", data, tmp_path / "run", "--checkpoint", "identity", "--epochs", "2",
+                      "--batch-size", "6", "--base-lr", "1e38")
+    assert message.startswith("error: linear_fast diverged: the training loss is ") and "lower the learning rate" \
+        in message, message
+    assert "in epoch 1; no result recorded (nothing was saved)" in message
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("kind", ["empty", "directory"])
+def test_an_empty_or_directory_checkpoint_is_named_so(data, tmp_path, kind):
+    """Fails on the issue-16 code: "not a readable PyTorch checkpoint (EOFError: )" for a 0-byte file and
+    "does not exist" for a folder that does."""
+    path = tmp_path / "ckpt.pth"
+    if kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.mkdir()
+    message = refused("knn", data, tmp_path / "run", "--checkpoint", str(path), "--k", "2")
+    assert message == (f"error: {path}: empty file (0 bytes), not a checkpoint" if kind == "empty"
+                       else f"error: checkpoint {path} is a directory, expected a file")

@@ -1,6 +1,8 @@
 """Weighted kNN: a case checkable by hand, chunking that changes nothing, and the guard on k."""
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 
 import pytest
@@ -82,7 +84,7 @@ def test_defaults_are_dino_and_named_by_the_protocol_id():
 
 # --- the CLI: bad input ends in one line, a non-zero exit and no record ------------------------
 # The record-writing run goes through a real subprocess; the refusals call the same entry point
-# in-process (SystemExit carries the message and the exit status) to keep the suite fast.
+# in-process (the error line on stderr, SystemExit(2)) to keep the suite fast.
 
 def run_knn_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(PYTHON), "-m", "evaluate", "knn", "--out-dir", str(tmp_path / "run"),
@@ -91,11 +93,12 @@ def run_knn_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 def assert_one_line_error(tmp_path, args: list[str], *fragments: str) -> None:
-    with pytest.raises(SystemExit) as exit_info:
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_info:
         evaluate_main(["knn", "--out-dir", str(tmp_path / "run"), "--num-workers", "0", "--no-tensorboard",
                        "--k", "2", *args])
-    message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message  # non-zero: a str exit code is 1
+    (message,) = [line for line in stderr.getvalue().splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and "Traceback" not in stderr.getvalue(), stderr.getvalue()
     for fragment in fragments:
         assert fragment in message, message
     assert not (tmp_path / "run" / "results.jsonl").exists()
@@ -109,7 +112,7 @@ def test_cli_knn_writes_a_record_on_an_image_folder(tmp_path):
     [record] = read_records(tmp_path / "run" / "results.jsonl")
     assert record.protocol == "knn" and set(record.metrics_final) == {"knn_top1_k3", "knn_top1_k5"}
     assert record.settings["ks"] == [3, 5] and record.settings["temperature"] == 0.07
-    assert (tmp_path / "feature_cache").is_dir()  # default: OUT_DIR/../feature_cache
+    assert (tmp_path / "run" / "feature_cache").is_dir()  # default: OUT_DIR/feature_cache
 
 
 def test_cli_refuses_a_file_that_is_not_a_checkpoint(tmp_path):

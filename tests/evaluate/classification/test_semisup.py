@@ -263,3 +263,20 @@ def test_small_scale_overrides_are_listed_as_deviations_and_flags_win():
     assert resolve_settings("swav", 1, "imagenet-1k", none) == (preset_settings("swav", 1), [])
     flagged, deviations = resolve_settings("barlow", 10, "fashion-mnist", Namespace(**{**vars(none), "epochs": 3}))
     assert flagged.epochs == 3 and flagged.head_lr == 0.5 and "epochs: 20 (paper) -> 3 (flag)" in deviations
+
+
+def test_a_gzip_bomb_subset_file_is_refused_without_filling_memory(tmp_path):
+    """40 MB of newlines in a 40 kB gzip: refused after reading one byte past the 32 MB cap. Fails on
+    the issue-15 code, which decompressed the whole file (a 306 kB bomb took 7.1 GB)."""
+    import gzip
+    bomb = tmp_path / "list.txt.gz"
+    bomb.write_bytes(gzip.compress(b"\n" * (40 * 2**20)))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(SubsetFileError, match=r"list\.txt\.gz: expands to more than 32 MB"):
+        subset_text(bomb)
+
+
+def test_a_directory_given_as_subset_file_is_named_so(tmp_path):
+    """Fails on the issue-16 code: "does not exist" for a folder that does."""
+    with pytest.raises(SubsetFileError, match="is a directory, expected a file"):
+        subset_text(tmp_path)

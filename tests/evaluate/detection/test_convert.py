@@ -246,20 +246,24 @@ def test_verify_compares_with_the_source_not_with_the_converted_file(
 
 
 @needs_detectron2
-def test_failed_verify_writes_nothing(resnet50_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+def test_failed_verify_removes_only_what_it_wrote(resnet50_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
     """detectron2's MSRA convention (stride in the 1x1 conv) loads every tensor yet is another function:
-    --verify fails, and neither the weights nor the sidecar exist afterwards, not even an earlier
-    conversion's. Break tried: writing OUTPUT before verifying (the old order) -> files remain, test fails."""
+    --verify fails, its staged weights are removed, and an earlier conversion (weights + the sidecar
+    that describes them) is left byte for byte. Breaks tried: writing OUTPUT before verifying (the
+    first order) -> the new unverified weights replace the old; unlinking OUTPUT first (issue 15's
+    order) -> the earlier conversion is gone."""
     torch.save(resnet50_state, tmp_path / "r50.pth")
     config = tmp_path / "msra.yaml"
     config.write_text(f'_BASE_: "{REPO / "detectron2_configs" / "mask_rcnn_R_50_FPN_1x_ssl.yaml"}"\n'
                       "MODEL:\n  RESNETS:\n    STRIDE_IN_1X1: True\n")
     output = tmp_path / "out" / "r50.pkl"
     convert_checkpoint(tmp_path / "r50.pth", output)  # an earlier, unverified conversion
+    before = {p.name: p.read_bytes() for p in output.parent.iterdir()}
     with pytest.raises(ConversionError, match=r"res3 vs layer2: relative difference"):
-        convert_checkpoint(tmp_path / "r50.pth", output, verify=True, config_path=config)
-    assert sorted(p.name for p in output.parent.iterdir()) == []
-    summary, _ = convert_checkpoint(tmp_path / "r50.pth", output, verify=True)
+        convert_checkpoint(tmp_path / "r50.pth", output, verify=True, config_path=config, overwrite=True)
+    assert {p.name: p.read_bytes() for p in output.parent.iterdir()} == before
+    assert sorted(before) == ["r50.pkl", "r50.pkl.json"]
+    summary, _ = convert_checkpoint(tmp_path / "r50.pth", output, verify=True, overwrite=True)
     assert json.loads(summary.sidecar_path.read_text())["verified"] is True
     assert sorted(p.name for p in output.parent.iterdir()) == ["r50.pkl", "r50.pkl.json"]
 
@@ -308,3 +312,121 @@ def test_converter_runs_no_code_from_its_inputs(hidden: bool, tmp_path: Path) ->
     assert set(read_detectron2_weights(save_pickle(tmp_path / "ok.pkl", payload))) == set(converted)
     load_array_pickle(weights, trust=True)
     assert marker.exists()
+
+
+def test_small_image_resnet_is_refused_in_one_line(tmp_path: Path) -> None:
+    """resnet18_cifar has no detectron2 R-FPN: one line, nothing written."""
+    from pretrain.model import SNCLR
+    model = SNCLR("resnet18_cifar", image_size=32, proj_hidden_dim=16, dim=8, candidate_set_size=16, k=2)
+    torch.save({"format": "snclr-bench/pretrain/v1", "model": model.state_dict(), "optimizer": {}, "epoch": 1,
+                "config": {"backbone": "resnet18_cifar", "epochs": 1}}, tmp_path / "cifar.pth")
+    run = _run_cli(str(tmp_path / "cifar.pth"), str(tmp_path / "cifar.pkl"))
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert "backbone 'resnet18_cifar' cannot go to detectron2: its small-image stem" in last
+    assert not (tmp_path / "cifar.pkl").exists() and not (tmp_path / "cifar.pkl.json").exists()
+
+
+# --- files the converter writes (issue 15 section 3) -------------------------------------------
+
+def test_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path: Path) -> None:
+    """The issue's reproducer, `convert mine.pth mine.pth --verify --config-file typo.yaml`: on the
+    issue-15 code it deleted mine.pth, then printed a traceback. Also through a symbolic link."""
+    obj, _ = _wrap("torchvision", _resnet_state("resnet18"))
+    mine = tmp_path / "mine.pth"
+    torch.save(obj, mine)
+    before = mine.read_bytes()
+    run = _run_cli(str(mine), str(mine), "--verify", "--config-file", str(tmp_path / "typo.yaml"))
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [f"error: OUTPUT {mine} is INPUT {mine}; a conversion never writes "
+                                               "over its source: choose another output path"]
+    (tmp_path / "link.pkl").symlink_to(mine)
+    with pytest.raises(ConversionError, match="is INPUT"):
+        convert_checkpoint(mine, tmp_path / "link.pkl", overwrite=True)
+    with pytest.raises(ConversionError, match="is INPUT"):   # the sidecar would land on the input
+        convert_checkpoint(tmp_path / "x.pkl.json", tmp_path / "x.pkl", overwrite=True)
+    assert mine.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["link.pkl", "mine.pth"]
+
+
+def test_missing_verify_config_is_one_line_before_any_work(tmp_path: Path) -> None:
+    obj, _ = _wrap("torchvision", _resnet_state("resnet18"))
+    torch.save(obj, tmp_path / "r18.pth")
+    run = _run_cli(str(tmp_path / "r18.pth"), str(tmp_path / "r18.pkl"), "--verify",
+                   "--config-file", str(tmp_path / "typo.yaml"))
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [f"error: --config-file {tmp_path / 'typo.yaml'} does not exist"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r18.pth"]
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    """On the issue-15 code an existing OUTPUT (or a lone sidecar) was replaced without a word."""
+    source = tmp_path / "r18.pth"
+    torch.save(_resnet_state("resnet18"), source)
+    output = tmp_path / "r18.pkl"
+    output.write_bytes(b"someone's weights")
+    with pytest.raises(ConversionError, match=r"r18\.pkl exists; pass --overwrite"):
+        convert_checkpoint(source, output)
+    assert output.read_bytes() == b"someone's weights"
+    output.unlink()
+    sidecar = tmp_path / "r18.pkl.json"
+    sidecar.write_text("{}")
+    with pytest.raises(ConversionError, match=r"r18\.pkl\.json exists; pass --overwrite"):
+        convert_checkpoint(source, output)
+    assert not output.exists()
+    summary, _ = convert_checkpoint(source, output, overwrite=True)
+    assert json.loads(sidecar.read_text())["tensor_count"] == summary.tensor_count == 100
+
+
+# --- check_bottom_up: the tensor-level half of --verify, each message from a crafted state -----------
+
+@pytest.fixture(scope="module")
+def bottom_up_pair() -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """(a detectron2 backbone.bottom_up state that loaded the converted weights, those weights)."""
+    converted, _ = torchvision_resnet_to_detectron2(_resnet_state("resnet18"), "resnet18")
+    state = {name: torch.from_numpy(array.copy()) for name, array in converted.items()}
+    state["res2.0.conv1.norm.num_batches_tracked"] = torch.tensor(0)   # dropped by the conversion on purpose
+    return state, converted
+
+
+def _check(state: dict, expected: dict) -> str:
+    from evaluate.detection.convert import check_bottom_up
+
+    with pytest.raises(ConversionError) as failed:
+        check_bottom_up(state, expected, "w.pkl")
+    return str(failed.value)
+
+
+def test_check_bottom_up_passes_when_every_tensor_equals_the_file(bottom_up_pair) -> None:
+    from evaluate.detection.convert import check_bottom_up
+
+    state, converted = bottom_up_pair
+    assert check_bottom_up(state, converted, "w.pkl") == EXPECTED_TENSORS["resnet18"]
+
+
+@pytest.mark.parametrize("how", ["nan", "absent_from_file"])
+def test_check_bottom_up_names_a_tensor_not_loaded(bottom_up_pair, how: str) -> None:
+    """verify fills the model with NaN first: a tensor detectron2 did not load stays NaN. Break tried:
+    the NaN / missing test removed from check_bottom_up -> this test fails."""
+    state, converted = bottom_up_pair
+    if how == "nan":
+        state = {**state, "res3.1.conv2.weight": torch.full_like(state["res3.1.conv2.weight"], float("nan"))}
+    else:
+        converted = {k: v for k, v in converted.items() if k != "res3.1.conv2.weight"}
+    assert _check(state, converted) == ("w.pkl: detectron2 backbone check failed: 1 of 100 backbone.bottom_up tensors "
+                                        "not loaded (e.g. res3.1.conv2.weight)")
+
+
+@pytest.mark.parametrize("how", ["value", "shape"])
+def test_check_bottom_up_names_a_tensor_that_differs_from_the_source(bottom_up_pair, how: str) -> None:
+    state, converted = bottom_up_pair
+    tensor = state["res4.0.shortcut.norm.running_var"]
+    state = {**state, "res4.0.shortcut.norm.running_var": tensor + 1.0 if how == "value" else tensor[:-1]}
+    assert _check(state, converted) == ("w.pkl: detectron2 backbone check failed: 1 differ from the source "
+                                        "(e.g. res4.0.shortcut.norm.running_var)")
+
+
+def test_check_bottom_up_names_a_converted_tensor_detectron2_did_not_use(bottom_up_pair) -> None:
+    state, converted = bottom_up_pair
+    converted = {**converted, "res6.0.conv1.weight": np.zeros(1, dtype=np.float32)}
+    assert _check(state, converted) == ("w.pkl: detectron2 backbone check failed: 1 converted tensors unused by "
+                                        "detectron2 (e.g. res6.0.conv1.weight)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ import torchvision
 
 from d2_support import needs_detectron2
 from evaluate.report.records import read_records
+from pretrain.identity import identity_of
 from pretrain.provenance import file_sha256
 
 
@@ -174,6 +177,10 @@ def test_smoke_run_trains_evaluates_and_writes_a_record(smoke_inputs: dict[str, 
     assert record.metrics_final["AP50_bbox"] >= record.metrics_final["AP_bbox"] - 1e-9
     assert record.pretrain_epochs == 2
     assert record.checkpoint_sha256 == file_sha256(smoke_inputs["source"])
+    # The model it belongs to, carried from the source checkpoint through the converter's sidecar.
+    source_config = {"backbone": "resnet18", "epochs": 2, "method": "SNCLR"}
+    assert record.pretrain_config == source_config
+    assert record.model_id == identity_of(source_config, record.checkpoint_sha256).model_id
     assert record.settings["syncbn_replaced_by_bn"] is True and record.settings["world_size"] == 1
     assert record.settings["weights_sha256"] == file_sha256(smoke_inputs["weights"])
     assert record.deviations[0].startswith("SyncBN replaced by BN in backbone and FPN: world size 1")
@@ -281,7 +288,7 @@ def test_missing_detectron2_is_one_line(tmp_path: Path) -> None:
             "sys.meta_path.insert(0, NoDetectron2())\n"
             "sys.argv[0] = 'evaluate.detection.launcher'\n"
             "from evaluate.detection.launcher import main\n"
-            "main()\n")
+            "sys.exit(main())\n")
     cli = subprocess.run([sys.executable, "-c", hide, "--config-file", str(SMOKE_R18), "--weights", "w.pkl",
                           "--coco-root", str(tmp_path), "--output-dir", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -327,3 +334,229 @@ def test_config_file_cannot_run_code(smoke_inputs: dict[str, Path], tmp_path: Pa
     with pytest.raises(DetectionError, match="evil.yaml"):
         run_detection(dataclasses.replace(run, config_file=config))
     assert not marker.exists()
+
+
+# --- annotation files and record files that cannot give a result (issue 16 section 2) ------------
+
+def _coco_copy(smoke_inputs: dict[str, Path], tmp_path: Path, split: str, text: str | None) -> Path:
+    """A copy of the synthetic COCO set whose ``split`` annotation file is replaced: by ``text``, or
+    (None) by the same file with its annotations removed."""
+    import shutil
+    coco = tmp_path / "coco"
+    shutil.copytree(smoke_inputs["coco"], coco)
+    path = coco / "annotations" / f"instances_{split}2017.json"
+    if text is None:
+        data = json.loads(path.read_text())
+        data["annotations"] = []
+        text = json.dumps(data)
+    path.write_text(text)
+    return coco
+
+
+@needs_detectron2
+@pytest.mark.parametrize("split, text, message", [
+    ("train", None, "holds no annotations (8 images); nothing to train on"),
+    ("val", None, "holds no annotations (3 images); nothing to evaluate against"),
+    ("val", "", "empty file (0 bytes); expected COCO instances JSON for val"),
+    ("val", "[1, 2]", "expected a COCO instances object with 'images', 'annotations' and 'categories' lists"),
+])
+def test_annotation_files_that_cannot_give_a_result_are_refused_before_training(
+        smoke_inputs: dict[str, Path], tmp_path: Path, split: str, text: str | None, message: str) -> None:
+    """Fails on the issue-16 code: a detectron2 traceback after training (zero train annotations), or
+    NaN APs blamed on "the model made no predictions" (a validation file without annotations)."""
+    from evaluate.detection.launcher import DetectionError, run_detection
+
+    coco = _coco_copy(smoke_inputs, tmp_path, split, text)
+    run = dataclasses.replace(_run(smoke_inputs, "x"), coco_root=coco, output_dir=tmp_path / "out",
+                              records=tmp_path / "records.jsonl")
+    with pytest.raises(DetectionError) as error:
+        run_detection(run)
+    assert str(error.value) == f"{coco / 'annotations' / f'instances_{split}2017.json'}: {message}"
+    assert not (tmp_path / "out" / "model_final.pth").exists() and not (tmp_path / "records.jsonl").exists()
+
+
+@needs_detectron2
+def test_records_file_and_weights_path_are_checked_before_training(smoke_inputs: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    """Fails on the issue-16 code: a records file whose last line lacks its newline was found only after
+    the run (the record glued onto the fragment); a directory given as --weights was "does not exist"."""
+    from evaluate.detection.launcher import DetectionError, run_detection
+
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"method": "SN')
+    with pytest.raises(DetectionError, match="--records .*records.jsonl: its last line has no newline"):
+        run_detection(_run(smoke_inputs, "y", records=records))
+    assert not (smoke_inputs["root"] / "y").exists()
+    with pytest.raises(DetectionError, match=f"--weights {tmp_path} is a directory, expected a file"):
+        run_detection(_run(smoke_inputs, "z", weights=tmp_path))
+
+
+def _evil_pickle(path: Path, marker: Path) -> Path:
+    from untrusted_pickles import WritesMarker, save_pickle
+
+    return save_pickle(path, WritesMarker(marker))
+
+
+@needs_detectron2
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("where,eval_only", [("config", False), ("base", False), ("override", False),
+                                             ("config", True)])
+def test_config_keys_that_load_proposal_files_are_refused_before_anything_runs(
+        smoke_inputs: dict[str, Path], tmp_path: Path, where: str, eval_only: bool) -> None:
+    """A plain YAML (no python tag) with MODEL.LOAD_PROPOSALS made detectron2 pickle.load the proposal file,
+    from a _BASE_ file too and under --eval-only (PROPOSAL_FILES_TEST): before issue 15 the marker appeared."""
+    from evaluate.detection.launcher import DetectionError, run_detection
+
+    marker = tmp_path / "ran"
+    proposals = _evil_pickle(tmp_path / "proposals.pkl", marker)
+    key = "PROPOSAL_FILES_TEST" if eval_only else "PROPOSAL_FILES_TRAIN"
+    keys = f'MODEL:\n  LOAD_PROPOSALS: True\nDATASETS:\n  {key}: ("{proposals}",)\n'
+    opts = ["SOLVER.MAX_ITER", "1"]
+    if where == "base":
+        (tmp_path / "base.yaml").write_text(f'_BASE_: "{SMOKE_R18}"\n{keys}')
+        config = tmp_path / "config.yaml"
+        config.write_text('_BASE_: "base.yaml"\n')
+    elif where == "config":
+        config = tmp_path / "config.yaml"
+        config.write_text(f'_BASE_: "{SMOKE_R18}"\n{keys}')
+    else:
+        config = SMOKE_R18
+        opts += ["MODEL.LOAD_PROPOSALS", "True", f"DATASETS.{key}", f'("{proposals}",)']
+    run = dataclasses.replace(_run(smoke_inputs, f"proposals_{where}", records=None, opts=opts,
+                                   eval_only=eval_only), config_file=config)
+    with pytest.raises(DetectionError, match=r"MODEL.LOAD_PROPOSALS=True, DATASETS.PROPOSAL_FILES_.*would unpickle"):
+        run_detection(run)
+    assert not marker.exists()
+    assert not (smoke_inputs["root"] / f"proposals_{where}" / "config.yaml").exists()   # refused before any work
+
+
+@needs_detectron2
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("named,eval_only", [("elsewhere", False), ("in_output_dir", True), ("pth", False)])
+def test_resume_reads_the_last_checkpoint_as_data(smoke_inputs: dict[str, Path], tmp_path: Path, named: str,
+                                                  eval_only: bool) -> None:
+    """--resume (and --resume --eval-only) used to fully unpickle whatever OUTPUT_DIR/last_checkpoint named,
+    any path. Now the name must be a file in OUTPUT_DIR, and that file is read as data only."""
+    from evaluate.detection.launcher import DetectionError, run_detection
+    from untrusted_pickles import WritesMarker, save_torch
+
+    marker = tmp_path / "ran"
+    out = tmp_path / "out"
+    out.mkdir()
+    if named == "elsewhere":
+        _evil_pickle(tmp_path / "evil.pkl", marker)
+        (out / "last_checkpoint").write_text(str(tmp_path / "evil.pkl"))
+        refusal = "names .*evil.pkl', not a file name in"
+    elif named == "in_output_dir":
+        _evil_pickle(out / "model_0000009.pkl", marker)
+        (out / "last_checkpoint").write_text("model_0000009.pkl")
+        refusal = r"^--resume .*model_0000009.pkl: refused to load: it pickles [\w.]*\bexec\b"
+    else:
+        save_torch(out / "model_0000009.pth", {"model": {}, "iteration": 9, "extra": WritesMarker(marker)})
+        (out / "last_checkpoint").write_text("model_0000009.pth")
+        refusal = r"^--resume .*model_0000009.pth: refused to load: it pickles [\w.]*\bexec\b"
+    run = dataclasses.replace(_run(smoke_inputs, "unused", records=None, resume=True, eval_only=eval_only,
+                                   opts=["SOLVER.MAX_ITER", "1"]), output_dir=out)
+    with pytest.raises(DetectionError, match=refusal):
+        run_detection(run)
+    assert not marker.exists()
+
+
+@needs_detectron2
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("weights", ["w.pkl?v=2", "http://example.invalid/w.pkl", "detectron2://ImageNetPretrained/w.pkl"])
+def test_weights_must_be_a_local_path(smoke_inputs: dict[str, Path], tmp_path: Path, weights: str) -> None:
+    """`--weights 'w.pkl?v=2'` checked the torch file literally so named; detectron2 stripped the query and
+    unpickled the sibling w.pkl (code ran, the run exited 0 with the wrong sha256 in its record)."""
+    marker = tmp_path / "ran"
+    _evil_pickle(tmp_path / "w.pkl", marker)
+    shutil.copy(smoke_inputs["source"], tmp_path / "w.pkl?v=2")   # a clean torch file, as the check saw it
+    cli = subprocess.run([sys.executable, "-m", "evaluate.detection.launcher", "--config-file", str(SMOKE_R18),
+                          "--weights", weights, "--coco-root", str(smoke_inputs["coco"]), "--output-dir",
+                          str(tmp_path / "out"), "--dataset", "synthetic-coco", "--method", "x", "--eval-only",
+                          "MODEL.DEVICE", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=280,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert cli.returncode != 0 and not marker.exists()
+    (line,) = cli.stderr.strip().splitlines()
+    assert line == (f"error: --weights {weights}: expected a local file path, not a URL or a path with a query "
+                    "('?'); download or rename the file first")
+
+
+@needs_detectron2
+@pytest.mark.timeout(300)
+def test_pth_weights_holding_a_numpy_scalar_load(smoke_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """A .pth passing our check (an allow-listed numpy scalar beside the tensors) then failed in fvcore's own
+    torch.load with a traceback, --trust-checkpoint or not. detectron2 now gets what we read."""
+    from evaluate.detection.convert import read_detectron2_weights
+    from evaluate.detection.launcher import run_detection
+
+    model = {k: torch.from_numpy(v) for k, v in read_detectron2_weights(smoke_inputs["weights"]).items()}
+    torch.save({"model": model, "matching_heuristics": True, "metric": np.float64(72.5)}, tmp_path / "w.pth")
+    record = run_detection(_run(smoke_inputs, "pth", weights=tmp_path / "w.pth", records=None, eval_only=True,
+                                method="supervised"))
+    assert record is not None and record.settings["weights_sha256"] == file_sha256(tmp_path / "w.pth")
+    assert any(d.startswith(f"--eval-only: evaluated {tmp_path / 'w.pth'} without training") for d in record.deviations)
+
+
+@needs_detectron2
+@pytest.mark.timeout(300)
+def test_trusted_pkl_is_unpickled_once(smoke_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """With --trust-checkpoint a .pkl was unpickled in full by our check, then again by detectron2 (and a
+    third time by the start-up backbone check): each a chance for its code to run."""
+    from evaluate.detection.convert import read_detectron2_weights
+    from evaluate.detection.launcher import run_detection
+    from untrusted_pickles import CountsUnpickles, save_pickle
+
+    marker = tmp_path / "count"
+    payload = {"model": read_detectron2_weights(smoke_inputs["weights"]), "__author__": "x",
+               "matching_heuristics": True, "extra": CountsUnpickles(marker)}
+    weights = save_pickle(tmp_path / "w.pkl", payload)
+    record = run_detection(_run(smoke_inputs, "trusted", weights=weights, records=None, eval_only=True,
+                                method="supervised", trust_checkpoint=True))
+    assert record is not None
+    assert marker.read_text().splitlines() == ["unpickled"]
+
+
+@needs_detectron2
+def test_detectron2_gets_the_bytes_that_were_hashed(smoke_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Swapping the file between our check and detectron2's own read ran code. detectron2 now reads no file:
+    after the read, the file on disk can be anything, and a name other than the one read is refused."""
+    from detectron2.modeling import build_model
+
+    from evaluate.detection.launcher import (DetectionError, _data_only_checkpointer_class, build_config, load_start,
+                                             read_start_checkpoint)
+    from untrusted_pickles import WritesMarker, save_pickle
+
+    weights = tmp_path / "w.pkl"
+    shutil.copy(smoke_inputs["weights"], weights)
+    start = read_start_checkpoint(weights, trust=False)
+    assert start.sha256 == file_sha256(smoke_inputs["weights"])
+    marker = tmp_path / "ran"
+    save_pickle(weights, WritesMarker(marker))   # swapped after the check
+    cfg, _, _ = build_config(_run(smoke_inputs, "swap", weights=weights, opts=["MODEL.RESNETS.NORM", "BN",
+                                                                               "MODEL.FPN.NORM", "BN"]), {})
+    model = build_model(cfg)
+    checkpointer = _data_only_checkpointer_class()(model)
+    load_start(checkpointer, start)
+    assert not marker.exists()
+    loaded = model.backbone.bottom_up.state_dict()["res2.0.conv1.weight"].numpy()
+    assert np.array_equal(loaded, start.payload["model"]["res2.0.conv1.weight"])
+    with pytest.raises(DetectionError, match="did not read as data"):
+        checkpointer.load(str(smoke_inputs["weights"]))
+
+
+@needs_detectron2
+@pytest.mark.timeout(300)
+def test_a_pointer_dtype_in_the_weights_is_one_line_not_a_crash(smoke_inputs: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """Before issue 15: SIGSEGV (exit 139, no output) through `detection --weights`."""
+    from untrusted_pickles import pointer_dtype_pickle
+
+    weights = pointer_dtype_pickle(tmp_path / "w.pkl")
+    cli = subprocess.run([sys.executable, "-m", "evaluate.detection.launcher", "--config-file", str(SMOKE_R18),
+                          "--weights", str(weights), "--coco-root", str(smoke_inputs["coco"]), "--output-dir",
+                          str(tmp_path / "out"), "--dataset", "synthetic-coco", "--method", "x", "--eval-only"],
+                         cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert cli.returncode == 2, (cli.returncode, cli.stderr[-1000:])
+    (last,) = cli.stderr.strip().splitlines()
+    assert last.startswith(f"error: --weights {weights}: refused to load: numpy dtype 'V8'"), last

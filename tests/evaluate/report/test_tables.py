@@ -20,6 +20,7 @@ from evaluate.report import tables
 from evaluate.report.facts import DEFAULT_REFERENCES, ReferenceFileError, collect_facts, find_record_files
 from evaluate.report.leaderboard import leaderboard
 from evaluate.report.records import RecordError, ResultRecord, write_record
+from pretrain.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared"  # ../shared beside the repository root
@@ -34,6 +35,13 @@ def record(**overrides) -> ResultRecord:
                   created_at="2024-01-01T00:00:00+00:00")
     fields.update(overrides)
     return ResultRecord(**fields)
+
+
+def config(seed: int = 0, **overrides) -> dict:
+    """A resolved pre-training configuration as our checkpoints carry it (Fashion-MNIST CPU scale)."""
+    values = dict(backbone="resnet18", dataset="fashion-mnist", image_size=32, epochs=30, batch_size=256, k=10,
+                  seed=seed, output_dir=f"runs/seed{seed}", device="cpu")
+    return PretrainConfig(**{**values, **overrides}).to_dict()
 
 
 def fmnist(**overrides) -> ResultRecord:
@@ -80,12 +88,13 @@ def test_conformant_record_beats_a_newer_one_with_deviations(tmp_path, caplog):
         table = tables.table1(collect_facts([path]), "imagenet-1k")[0]
     assert cell(table, "800 ep", Method="SNCLR", Source="measured") == "75.0"
     (message,) = [r.getMessage() for r in caplog.records]
-    assert message.startswith("results.jsonl:2 ignored (it has deviations and a conformant record exists)")
+    assert message.startswith("results.jsonl:2 set aside (with deviations, where the model has a conformant setting)")
     assert message.endswith("cell filled from results.jsonl:1")
 
 
 def test_duplicates_of_one_run_resolved_deterministically_with_a_warning(tmp_path, caplog):
-    """Same checkpoint, protocol id and seed twice (equally conformant, same date): one is kept, said.
+    """Same checkpoint and setting twice (same date): one is kept, said; a second conformant protocol
+    id is a setting of its own, in a row of its own with its own mark, never averaged or dropped.
 
     Fails on today's code when the two lie in files read in the other order (it keeps the later
     read); with protocol_id left out of the key (mutation), the two protocol ids would be averaged.
@@ -96,10 +105,15 @@ def test_duplicates_of_one_run_resolved_deterministically_with_a_warning(tmp_pat
     with caplog.at_level(logging.WARNING, logger="evaluate.report.facts"):
         facts = collect_facts([tmp_path])
     top1 = facts[(facts["metric"] == "top1")]
-    assert top1[["mean", "n", "records"]].values.tolist() == [[70.0, 1, ("a/results.jsonl:1",)]]
-    messages = sorted(r.getMessage() for r in caplog.records)
-    assert messages[0].startswith("b/results.jsonl:1 ignored (duplicate of the same checkpoint, protocol id and seed)")
-    assert messages[1].startswith("c/results.jsonl:1 ignored (another protocol id fills this cell)")
+    assert top1[["mean", "n", "records", "alt"]].values.tolist() == [[70.0, 1, ("a/results.jsonl:1",), 0],
+                                                                    [60.0, 1, ("c/results.jsonl:1",), 1]]
+    assert top1["alternatives"].tolist()[1] == ("one of 2 settings of this model, each in a row of its own; "
+                                                "this one: linear-other")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("b/results.jsonl:1 set aside (duplicate of a checkpoint already in its cell)")
+    table = tables.table1(facts, "imagenet-1k")[0]
+    assert cell(table, "800 ep", Method="SNCLR [setting 2]") == "60.0 †2"
+    assert "1 record set aside: 1 duplicate of a checkpoint already in its cell" in tables.to_markdown(table)
 
 
 def test_unfinished_pretraining_is_marked_and_never_in_the_finished_column(tmp_path):
@@ -174,10 +188,10 @@ def test_seeds_of_one_model_are_averaged(tmp_path):
     for seed, (value, sha) in enumerate(((83.2, "1"), (83.5, "2"), (83.8, "3"))):
         write_record(tmp_path / f"s{seed}" / "results.jsonl",
                      fmnist(metrics_final={"top1": value}, checkpoint_sha256=sha * 64, deviations=[],
-                            variant={"neighbors": "soft", "k": 10, "loss_form": "paper"}))
+                            pretrain_config=config(seed)))
     facts = collect_facts([tmp_path])
     table = only(tables.table4(facts, "fashion-mnist"))
-    assert cell(table, "fast-linear top-1", Neighbours="soft") == "83.5 ± 0.3 (3)"
+    assert cell(table, "fast-linear top-1", Method="SNCLR") == "83.5 ± 0.3 (3)"
     csv = pd.read_csv(io.StringIO(tables.to_csv(table)))
     (row,) = csv.to_dict("records")
     assert (row["mean"], round(row["std"], 6), row["n"]) == (83.5, 0.3, 3)
@@ -197,12 +211,13 @@ def test_detection_joins_the_row_of_the_converted_checkpoint(tmp_path):
     row or the wrong one) and on the mutation that skips the sha lookup in leaderboard().
     """
     path = tmp_path / "results.jsonl"
-    write_record(path, fmnist(metrics_final={"top1": 80.0}, checkpoint_sha256="1" * 64, variant={"neighbors": "none"}))
-    write_record(path, fmnist(metrics_final={"top1": 82.0}, checkpoint_sha256="2" * 64,
-                              variant={"neighbors": "soft", "k": 10}))
+    write_record(path, fmnist(metrics_final={"top1": 80.0}, checkpoint_sha256="1" * 64,
+                              pretrain_config=config(neighbors="none")))
+    write_record(path, fmnist(metrics_final={"top1": 82.0}, checkpoint_sha256="2" * 64, pretrain_config=config()))
     write_record(path, record(dataset="coco-2017", protocol="detection", protocol_id="mask-rcnn_R50-FPN_1x",
                               backbone="resnet18", pretrain_epochs=30, checkpoint_sha256="2" * 64,
-                              variant={"neighbors": "soft", "k": 10}, metrics_final={"AP_bbox": 30.0, "AP_segm": 28.0}))
+                              pretrain_config=config(), metrics_final={"AP_bbox": 30.0, "AP_segm": 28.0}))
+    # A detection record from before model identity: it finds its row by the checkpoint's sha256.
     write_record(path, record(dataset="synthetic-coco", protocol="detection", protocol_id="mask-rcnn_smoke",
                               backbone="resnet18", pretrain_epochs=30, checkpoint_sha256="1" * 64,
                               variant={"neighbors": "none"}, metrics_final={"AP_bbox": 2.0}))
@@ -213,6 +228,8 @@ def test_detection_joins_the_row_of_the_converted_checkpoint(tmp_path):
     # synthetic-coco has its own columns and never fills the COCO 2017 one
     assert pd.isna(board["synthetic_coco_AP_bbox"].tolist()[0]) and board["synthetic_coco_AP_bbox"].tolist()[1] == 2.0
     assert board["pretrain_dataset"].tolist() == ["fashion-mnist", "fashion-mnist"]
+    assert board["eval_dataset"].tolist() == ["fashion-mnist", "fashion-mnist"]
+    assert board["knobs"].tolist() == ["neighbors=soft", "neighbors=none"]
 
 
 def test_leaderboard_sorts_each_dataset_by_its_main_metric(tmp_path):
@@ -221,7 +238,7 @@ def test_leaderboard_sorts_each_dataset_by_its_main_metric(tmp_path):
         write_record(path, record(method=method, metrics_final={"top1": value}, checkpoint_sha256=sha * 64))
         write_record(path, fmnist(method=method, metrics_final={"top1": 100 - value}, checkpoint_sha256=sha * 64))
     board = leaderboard(collect_facts([path]))
-    assert list(zip(board["pretrain_dataset"], board["method"])) == [
+    assert list(zip(board["eval_dataset"], board["method"])) == [
         ("imagenet-1k", "B"), ("imagenet-1k", "C"), ("imagenet-1k", "A"),
         ("fashion-mnist", "A"), ("fashion-mnist", "C"), ("fashion-mnist", "B")]
 
@@ -312,17 +329,16 @@ def test_one_number_format_per_column(tmp_path):
 
 def _study(folder: Path) -> None:
     """A small Table 4 study: three variants x two seeds, fast-linear and kNN, plus random init."""
-    variants = [{"neighbors": "none"}, {"neighbors": "binary", "k": 10, "loss_form": "paper"},
-                {"neighbors": "soft", "k": 10, "loss_form": "paper", "positiveness_temperature": 1.0},
-                {"neighbors": "soft", "k": 10, "loss_form": "paper", "positiveness_temperature": 0.1}]
+    variants = [{"neighbors": "none"}, {"neighbors": "binary"}, {"neighbors": "soft", "positiveness_temperature": 1.0},
+                {"neighbors": "soft", "positiveness_temperature": 0.1}]
     for i, variant in enumerate(variants):
         for seed in (0, 1):
             sha = f"{i}{seed}" * 32
             run = folder / f"{variant['neighbors']}{i}_seed{seed}"
-            write_record(run / "fast" / "results.jsonl", fmnist(variant=variant, checkpoint_sha256=sha,
-                                                                metrics_final={"top1": 80 + i + seed / 4}))
-            write_record(run / "knn" / "results.jsonl", fmnist(variant=variant, checkpoint_sha256=sha, protocol="knn",
-                                                               protocol_id="knn-k20", deviations=[],
+            pretrained = dict(checkpoint_sha256=sha, pretrain_config=config(seed, **variant), pretrain_seed=seed)
+            write_record(run / "fast" / "results.jsonl", fmnist(**pretrained, metrics_final={"top1": 80 + i + seed / 4}))
+            write_record(run / "knn" / "results.jsonl", fmnist(**pretrained, protocol="knn", protocol_id="knn-k20",
+                                                               deviations=[],
                                                                metrics_final={"knn_top1_k20": 78 + i - seed / 4}))
     write_record(folder / "random" / "results.jsonl", fmnist(method="random-init", pretrain_epochs=0,
                                                              checkpoint_sha256="f" * 64, metrics_final={"top1": 79.9}))
@@ -331,12 +347,12 @@ def _study(folder: Path) -> None:
 def test_table4_rows_are_variants_and_cells_mean_std_n(tmp_path):
     _study(tmp_path)
     table = only(tables.table4(collect_facts([tmp_path]), "fashion-mnist"))
-    assert table.keys == ["Method", "Backbone", "Epochs", "Neighbours", "K", "Loss form", "tau_w", "Source"]
+    # The knobs that tell the variants apart, read from their configurations (K=10 everywhere: not shown).
+    assert table.keys == ["Method", "Backbone", "Epochs", "neighbors", "positiveness_temperature", "Source"]
     assert table.columns == ["fast-linear top-1", "kNN top-1 (k=20)", "linear top-1"]
     out = tables.render(table).main
-    assert out[["Neighbours", "K", "tau_w"]].values.tolist() == [["none", "", ""], ["binary", "10", ""],
-                                                                 ["soft", "10", "0.1"], ["soft", "10", "1.0"],
-                                                                 ["", "", ""]]
+    assert out[["neighbors", "positiveness_temperature"]].values.tolist() == [
+        ["none", "1.0"], ["binary", "1.0"], ["soft", "0.1"], ["soft", "1.0"], ["", ""]]
     assert out["fast-linear top-1"].tolist() == ["80.12 ± 0.18 (2) †1", "81.12 ± 0.18 (2) †1", "83.12 ± 0.18 (2) †1",
                                                  "82.12 ± 0.18 (2) †1", "79.90 †1"]
     assert out["kNN top-1 (k=20)"].tolist()[2] == "80.88 ± 0.18 (2)"
@@ -364,7 +380,7 @@ def test_cli_writes_every_format_and_the_leaderboard(tmp_path):
     result = subprocess.run([sys.executable, "-m", "evaluate", "tables", str(tmp_path / "study"), "--out", str(out),
                              "--print-table1", "fashion-mnist"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "| SNCLR (soft, K=10, paper loss, tau_w=0.1) | resnet18" in result.stdout
+    assert "| SNCLR (neighbors=soft, positiveness_temperature=0.1)   | resnet18" in result.stdout
     for name in ("fashion-mnist/table1a", "fashion-mnist/table4", "imagenet-1k/table1a", "imagenet-1k/table2",
                  "coco-2017/table3"):
         for suffix in ("md", "tex", "csv"):
@@ -372,7 +388,7 @@ def test_cli_writes_every_format_and_the_leaderboard(tmp_path):
     latex = (out / "fashion-mnist" / "table4.tex").read_text().splitlines()
     assert latex[2] == r"\toprule" and r"\bottomrule" in latex
     assert any(r"\textbf{83.12 $\pm$ 0.18 (2) \dag{}1}" in line for line in latex)
-    assert r"tau\_w" in latex[3]
+    assert r"positiveness\_temperature" in latex[3]
     board = pd.read_csv(out / "leaderboard.csv")
     assert len(board) == 5 and board["linear_fast_top1"].is_monotonic_decreasing
     assert "published" not in (out / "leaderboard.csv").read_text()
@@ -399,3 +415,31 @@ def test_metric_kind_best(tmp_path):
     write_record(path, record(protocol="knn", metrics_final={"knn_top1_k20": 60.0}))
     final, best = (collect_facts([path], (), kind).set_index("metric")["mean"] for kind in ("final", "best"))
     assert final["top1"] == 75.0 and best["top1"] == 75.4 and best["knn_top1_k20"] == 60.0
+
+
+def test_a_record_file_that_is_not_utf8_is_one_line_naming_the_line(tmp_path, capsys):
+    """Fails on the issue-16 code: a UnicodeDecodeError traceback from the text-mode reader."""
+    path = write_record(tmp_path / "results.jsonl", record())
+    with open(path, "ab") as handle:
+        handle.write(b'{"method": "SN\xe9CLR"}\n')
+    assert tables.main([str(tmp_path), "--no-default-reference"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {path}:2: not UTF-8 text (byte 14 of the line is b'\\xe9'); records are JSON in UTF-8"]
+
+
+def test_write_record_refuses_a_link_and_a_fragment_and_keeps_their_contents(tmp_path):
+    """Fails on the issue-15/16 code: appended through the link to its target, and glued the record
+    onto a last line that lacks its newline."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "link.jsonl").symlink_to(victim)
+    with pytest.raises(RecordError, match="is a symbolic link; refusing to append"):
+        write_record(tmp_path / "link.jsonl", record())
+    assert victim.read_text() == "precious\n"
+    fragment = tmp_path / "cut.jsonl"
+    fragment.write_text('{"method": "SN')
+    with pytest.raises(RecordError, match="its last line has no newline"):
+        write_record(fragment, record())
+    assert fragment.read_text() == '{"method": "SN'
+    with pytest.raises(RecordError, match="is a directory; expected a result-record file"):
+        write_record(tmp_path, record())
