@@ -460,8 +460,8 @@ def record_method(run: DetectionRun, sidecar: dict[str, Any]) -> str:
 
 
 def check_base_chain(config_file: Path) -> None:
-    """Refuse a ``_BASE_`` chain that loops or names a missing file before detectron2 follows it
-    (it would recurse until Python's stack runs out). Paths resolve as detectron2's do: relative to
+    """Refuse a ``_BASE_`` chain that loops, names a missing file or a URL before detectron2 follows it
+    (it would recurse until Python's stack runs out, or fetch the URL and parse what came back). Paths resolve as detectron2's do: relative to
     the including file, ``~`` expanded."""
     seen: list[Path] = []
     path = config_file
@@ -481,6 +481,9 @@ def check_base_chain(config_file: Path) -> None:
         base = data.get("_BASE_") if isinstance(data, dict) else None
         if not base:
             return
+        if _NOT_A_LOCAL_PATH.search(str(base)):
+            raise DetectionError(f"{path}: _BASE_ {printable(str(base))}: expected a local YAML file, not a URL or a "
+                                 "path with a query ('?'); detectron2 would fetch it")
         base = os.path.expanduser(str(base))
         path = Path(base) if os.path.isabs(base) else path.parent / base
 
