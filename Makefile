@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo demo-quick speed test test-fast mutation setup clean-demo
 
 $(STAMP): requirements.txt requirements-detectron2.txt scripts/install_detectron2.sh scripts/get_fashion_mnist.sh \
-		scripts/install_latex.sh
+		scripts/install_latex.sh scripts/apt_install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements.txt

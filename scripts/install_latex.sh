@@ -8,17 +8,8 @@ PACKAGES="texlive-latex-base texlive-latex-recommended"
 if command -v pdflatex >/dev/null; then
     exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO="none"; fi
-fi
-if command -v apt-get >/dev/null && [ "$SUDO" != "none" ]; then
-    echo "installing Debian packages $PACKAGES (pdflatex, booktabs) ..."
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null 2>&1 \
-        || { $SUDO apt-get update -q >/dev/null 2>&1 \
-             && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null 2>&1; } \
-        || echo "warning: apt-get could not install $PACKAGES" >&2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh"
+apt_install $PACKAGES
 if ! command -v pdflatex >/dev/null; then
     echo "warning: pdflatex not found. Install it ('sudo apt-get install $PACKAGES', or TeX Live / MiKTeX" \
          "with booktabs); the LaTeX compile test skips without it, and fails under CI=true." >&2
