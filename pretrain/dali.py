@@ -26,7 +26,7 @@ what the tests use.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Generator
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ class DaliPipeline:
             views.append(augment_batch(batch.permute(0, 3, 1, 2), p, self.spec, cropped=True))
         return views[0], views[1]
 
-    def epoch(self, epoch: int, sampler: torch.utils.data.Sampler) -> Iterator:
+    def epoch(self, epoch: int, sampler: torch.utils.data.Sampler) -> Generator:
         order = np.fromiter(iter(sampler), dtype=np.int64)
         for start in range(0, len(order) - self.batch_size + 1, self.batch_size):   # drop_last, as the loader
             indices = order[start:start + self.batch_size]

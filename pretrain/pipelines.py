@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Generator, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -32,11 +32,12 @@ Batch = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]   #
 
 
 class Pipeline(Protocol):
-    """What the train loop needs: the data set's length (for the sampler) and an epoch's batches."""
+    """What the train loop needs: the data set's length (for the sampler) and an epoch's batches, as a
+    generator that the loop closes however the epoch ends."""
 
     def __len__(self) -> int: ...
 
-    def epoch(self, epoch: int, sampler: torch.utils.data.Sampler) -> Iterator[Batch]: ...
+    def epoch(self, epoch: int, sampler: torch.utils.data.Sampler) -> Generator[Batch, None, None]: ...
 
 
 def dali_available() -> bool:
@@ -79,9 +80,27 @@ class PilPipeline:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def epoch(self, epoch: int, sampler: torch.utils.data.Sampler) -> Iterator[Batch]:
+    def epoch(self, epoch: int, sampler: torch.utils.data.Sampler) -> Generator[Batch, None, None]:
         self.dataset.set_epoch(epoch)   # before the loader starts: workers copy the dataset
-        return iter(torch.utils.data.DataLoader(self.dataset, sampler=sampler, **self.loader_kwargs))
+        return _stop_workers_when_done(iter(torch.utils.data.DataLoader(self.dataset, sampler=sampler,
+                                                                        **self.loader_kwargs)))
+
+
+def _stop_workers_when_done(batches: Iterator[Batch]) -> Generator[Batch, None, None]:
+    """The loader's batches; however the epoch ends (exhausted, closed after a ``break``, or an error in
+    a worker or in the step), its workers are stopped here and now.
+
+    Left to the garbage collector, an iterator that an exception's traceback still references (a caller
+    that keeps the exception, as pytest does) outlives the run. At interpreter exit, multiprocessing
+    then sends its workers SIGTERM, which they ignore (``pretrain.train.ignore_signals``), and joins
+    them: forever. ``_shutdown_workers`` is what torch's own ``__del__`` calls.
+    """
+    try:
+        yield from batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)   # absent with 0 workers: nothing to stop
+        if shutdown is not None:
+            shutdown()
 
 
 def in_memory(dataset: torch.utils.data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,7 +154,7 @@ class DevicePipeline:
         first, second = (augment_batch(batch, view, self.spec) for view in params)
         return first, second
 
-    def epoch(self, epoch: int, sampler: torch.utils.data.Sampler) -> Iterator[Batch]:
+    def epoch(self, epoch: int, sampler: torch.utils.data.Sampler) -> Generator[Batch, None, None]:
         order = np.fromiter(iter(sampler), dtype=np.int64)
         for start in range(0, len(order) - self.batch_size + 1, self.batch_size):   # drop_last, as the loader
             indices = order[start:start + self.batch_size]

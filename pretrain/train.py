@@ -8,6 +8,7 @@ number of DataLoader workers.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -395,9 +396,10 @@ def _train(config: PretrainConfig, state: dict | None, source: Path, model: SNCL
             sampler.skip = first_step * local_batch
             use_neighbors = epoch >= config.neighbor_warmup_epochs
             position = first_step
-            batches = pipeline.epoch(epoch, sampler)   # this rank's images, from `first_step` on
-            with tqdm(total=steps_per_epoch, initial=first_step, disable=not dist.is_main(),
-                      desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True) as bar:
+            # this rank's images, from `first_step` on; closed however the epoch ends (PIL workers stop then)
+            with contextlib.closing(pipeline.epoch(epoch, sampler)) as batches, \
+                    tqdm(total=steps_per_epoch, initial=first_step, disable=not dist.is_main(),
+                         desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True) as bar:
                 for step, ((x1, x2), labels, ids) in enumerate(batches, start=first_step):
                     if step >= steps_per_epoch:
                         break

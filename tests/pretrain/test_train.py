@@ -368,11 +368,28 @@ def test_unwritable_output_dir_gives_one_line(image_tree, tmp_path, capsys):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_image_gives_one_line_naming_it(tmp_path, capsys, workers):
+    """Also: the failed epoch's loader workers are gone when ``main`` returns. They ignore SIGTERM, so
+    a worker left alive (its iterator kept by the exception's traceback) made the interpreter's exit
+    wait for it forever: pytest hung after its summary line until the pipeline closed its epochs."""
+    import multiprocessing
     from tests.conftest import write_image_tree
     tree = write_image_tree(tmp_path / "tree", per_class=4, size=16)
     bad = tree / "train" / "b" / "b_1.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    assert run(tree, tmp_path / "out", "--epochs", "1", "--workers", str(workers), "--max-steps-per-epoch", "none") == 2
+    before = set(multiprocessing.active_children())
+    try:
+        assert run(tree, tmp_path / "out", "--epochs", "1", "--workers", str(workers),
+                   "--max-steps-per-epoch", "none") == 2
+        left = sorted(child.pid for child in set(multiprocessing.active_children()) - before)
+        assert left == [], "loader workers still alive after the run"
+    finally:   # a failed check must not hang the suite: kill what is left, with torch's SIGCHLD hook off
+        previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            for child in set(multiprocessing.active_children()) - before:
+                child.kill()
+                child.join()
+        finally:
+            signal.signal(signal.SIGCHLD, previous)
     line = _error_line(capsys)
     assert line.startswith(f"error: {bad}: cannot read image (UnidentifiedImageError"), line
 
