@@ -52,20 +52,22 @@ def _target(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def reference_neighbours(keys: torch.Tensor, key_ids: torch.Tensor, memory: torch.Tensor,
-                         memory_ids: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, k, d): per key the k most similar written entries of other images, as unit vectors."""
+                         memory_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, list[bool]]:
+    """(N, k, d): per key the k most similar written entries of other images, as unit vectors; and
+    per key whether C held k of them (a key with fewer brings no neighbours; its rows are zeros)."""
     memory = F.normalize(memory.double(), dim=-1)
-    out = []
+    out, valid = [], []
     for key, image in zip(F.normalize(keys.double(), dim=-1), key_ids.tolist()):
         allowed = [j for j in range(len(memory)) if memory_ids[j] >= 0 and memory_ids[j] != image]
         allowed.sort(key=lambda j: -float(memory[j] @ key))
-        out.append(memory[allowed[:k]])
-    return torch.stack(out)
+        valid.append(len(allowed) >= k)
+        out.append(memory[allowed[:k]] if len(allowed) >= k else torch.zeros(k, memory.shape[1], dtype=memory.dtype))
+    return torch.stack(out), valid
 
 
 def reference_contrast(z: torch.Tensor, y: torch.Tensor, keys: torch.Tensor, neighbours: torch.Tensor, *,
                        temperature: float, form: str, weighting: str, tau_w: float = 1.0, offset: int = 0,
-                       valid: list[bool] | None = None) -> torch.Tensor:
+                       valid: list[bool] | None = None, detach: bool = False) -> torch.Tensor:
     """Mean over rows b of SNCLR's loss for query z_b whose positive is keys[offset + b]; a key marked
     not ``valid`` brings no neighbours, neither to Z_b nor to its own row's numerator."""
     z, y = F.normalize(z.double(), dim=-1), F.normalize(y.double(), dim=-1)
@@ -82,6 +84,7 @@ def reference_contrast(z: torch.Tensor, y: torch.Tensor, keys: torch.Tensor, nei
         own = neighbours[offset + b]                                            # (K, d)
         if weighting == "soft":
             weights = torch.softmax(own @ y[b] / tau_w, dim=0)
+            weights = weights.detach() if detach else weights
         else:
             weights = torch.ones(len(own), dtype=z.dtype)
         own_terms = torch.exp(own @ z[b] / temperature)
@@ -92,7 +95,8 @@ def reference_contrast(z: torch.Tensor, y: torch.Tensor, keys: torch.Tensor, nei
     return torch.stack(losses).mean()
 
 
-def reference_step(net: SNCLR, x1, x2, ids, momentum: float, *, k: int, form: str, weighting: str):
+def reference_step(net: SNCLR, x1, x2, ids, momentum: float, *, k: int, form: str, weighting: str,
+                   tau_w: float = 1.0, detach: bool = False):
     """Returns (loss, keys of view 2) of one step of ``net`` (a deep copy, mutated like the model)."""
     memory, memory_ids = net.candidate_set.features.clone(), net.candidate_set.image_ids.clone()
     with torch.no_grad():
@@ -102,22 +106,24 @@ def reference_step(net: SNCLR, x1, x2, ids, momentum: float, *, k: int, form: st
         k2 = net.momentum_projector(net.momentum_backbone(x2))
     y1, y2 = net.projector(net.backbone(x1)), net.projector(net.backbone(x2))
     z1, z2 = net.predictor(y1), net.predictor(y2)
-    options = dict(temperature=TEMPERATURE, form=form, weighting=weighting)
+    options = dict(temperature=TEMPERATURE, form=form, weighting=weighting, tau_w=tau_w, detach=detach)
     if k == 0:
         empty = torch.zeros(len(ids), 0, DIM, dtype=torch.float64)
-        nn1 = nn2 = empty
+        (nn1, valid1), (nn2, valid2) = (empty, None), (empty, None)
     else:
-        nn1 = reference_neighbours(k1, ids, memory, memory_ids, k)
-        nn2 = reference_neighbours(k2, ids, memory, memory_ids, k)
-    loss = 2 * TEMPERATURE * (reference_contrast(z1, y1, k2, nn2, **options)
-                              + reference_contrast(z2, y2, k1, nn1, **options))
+        nn1, valid1 = reference_neighbours(k1, ids, memory, memory_ids, k)
+        nn2, valid2 = reference_neighbours(k2, ids, memory, memory_ids, k)
+    loss = 2 * TEMPERATURE * (reference_contrast(z1, y1, k2, nn2, valid=valid2, **options)
+                              + reference_contrast(z2, y2, k1, nn1, valid=valid1, **options))
     return loss, k2   # view 2's keys enter the candidate set, as in the official code
 
 
-def _tiny_model(neighbors: str = "soft", loss_form: str = "paper", k: int = K) -> SNCLR:
+def _tiny_model(neighbors: str = "soft", loss_form: str = "paper", k: int = K, tau_w: float = 1.0,
+                detach: bool = False) -> SNCLR:
     torch.manual_seed(0)
     model = SNCLR("resnet18", image_size=16, proj_hidden_dim=16, dim=DIM, temperature=TEMPERATURE,
-                  candidate_set_size=32, k=k, neighbors=neighbors, loss_form=loss_form)
+                  candidate_set_size=32, k=k, neighbors=neighbors, loss_form=loss_form,
+                  positiveness_temperature=tau_w, detach_weights=detach)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():   # online and momentum weights differ, as after any training step
         for target in _target(model):
@@ -144,21 +150,34 @@ def _seed_own_image_entries(model: SNCLR, x1, x2, ids) -> None:
     model.candidate_set.push(own, ids, torch.zeros_like(ids))
 
 
-@pytest.mark.parametrize("form,weighting", [("paper", "soft"), ("official", "soft"), ("paper", "binary")])
-def test_one_snclr_step_matches_reference(form, weighting):
+@pytest.mark.parametrize("form,weighting,tau_w,detach,sparse", [
+    ("paper", "soft", 1.0, False, False), ("official", "soft", 1.0, False, False),
+    ("paper", "binary", 1.0, False, False), ("paper", "soft", 0.05, True, False),
+    ("official", "soft", 0.05, False, True)])
+def test_one_snclr_step_matches_reference(form, weighting, tau_w, detach, sparse):
     """Loss, every online gradient, the momentum weights and the candidate set after one step equal
-    the reference's.
+    the reference's. Also with tau_w = 0.05 and detached weights, and with a sparse C (``sparse``:
+    3 entries, so keys of images 0 and 1 find fewer than K others and bring no neighbours).
 
     Mutations tried, each failing this test: the query may return an entry of its own image (the
     ``own`` mask in neighbors.py removed); positiveness computed from the key's neighbours of the
     other view (``found1`` for ``found2`` in the first snclr_loss call); the neighbour logits left
-    out of Z_b (``log_z`` from ``key_logits`` only); the scale 2T dropped."""
-    model = _tiny_model("binary" if weighting == "binary" else "soft", form)
+    out of Z_b (``log_z`` from ``key_logits`` only); the scale 2T dropped. Found by mutmut in
+    model.forward: ``positiveness_temperature`` or ``detach_weights`` not passed to the loss;
+    ``neighbor_mask`` dropped or None in either call; the batch's labels not pushed with its keys."""
+    model = _tiny_model("binary" if weighting == "binary" else "soft", form, tau_w=tau_w, detach=detach)
     x1, x2, ids, labels = _batch()
-    _seed_own_image_entries(model, x1, x2, ids)
+    if sparse:   # C: one entry each of images 0, 1 and 7; with K = 3, images 0 and 1 find only 2 others
+        model.candidate_set = type(model.candidate_set)(32, DIM)
+        model.candidate_set.push(torch.randn(3, DIM, generator=torch.Generator().manual_seed(5)),
+                                 torch.tensor([0, 1, 7]), torch.tensor([0, 1, 2]))
+    else:
+        _seed_own_image_entries(model, x1, x2, ids)
     reference = copy.deepcopy(model)
+    before = int(model.candidate_set.filled)
 
-    expected, pushed_keys = reference_step(reference, x1, x2, ids, 0.9, k=K, form=form, weighting=weighting)
+    expected, pushed_keys = reference_step(reference, x1, x2, ids, 0.9, k=K, form=form, weighting=weighting,
+                                           tau_w=tau_w, detach=detach)
     expected.backward()
     stats = model(x1, x2, ids, labels, momentum=0.9)
     stats.loss.backward()
@@ -176,10 +195,11 @@ def test_one_snclr_step_matches_reference(form, weighting):
         # lerp and m * t + (1 - m) * o round differently: at most 2 ulp of the larger operand.
         assert torch.allclose(got, want, rtol=2 * EPS32, atol=2 * EPS32 * want.abs().max().item())
     pushed = model.candidate_set
-    assert pushed.filled.item() == 20 + 2 * BATCH and pushed.pointer.item() == 20 + 2 * BATCH
-    assert torch.allclose(pushed.features[20 + BATCH:20 + 2 * BATCH], F.normalize(pushed_keys, dim=-1),
+    assert pushed.filled.item() == before + BATCH and pushed.pointer.item() == before + BATCH
+    assert torch.allclose(pushed.features[before:before + BATCH], F.normalize(pushed_keys, dim=-1),
                           atol=KEY_ATOL)
-    assert torch.equal(pushed.image_ids[20 + BATCH:20 + 2 * BATCH], ids)
+    assert torch.equal(pushed.image_ids[before:before + BATCH], ids)
+    assert torch.equal(pushed.labels[before:before + BATCH], labels)
 
 
 def test_symmetrised_loss_contrasts_each_query_with_the_other_views_key():
