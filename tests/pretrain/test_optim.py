@@ -117,6 +117,16 @@ def test_no_warmup_starts_the_cosine_at_the_peak():
     assert warmup_cosine_lr(5.0, **schedule) == pytest.approx(0.4, abs=1e-12)
 
 
+@pytest.mark.parametrize("warmup", [1.0, 0.5])
+def test_a_warmup_of_one_epoch_or_less_still_ramps(warmup):
+    """The small recipes warm up for one epoch (the tests' tiny runs for one): half-way through it the
+    rate is half-way to the peak. Mutation tried (found by mutmut), failing this test: the warm-up
+    branch entered only for ``warmup_epochs > 1``, so a 1-epoch warm-up started at the peak."""
+    schedule = dict(peak_lr=0.8, warmup_epochs=warmup, total_epochs=10.0, start_lr=0.0)
+    assert warmup_cosine_lr(warmup / 2, **schedule) == pytest.approx(0.4, abs=1e-12)
+    assert warmup_cosine_lr(0.0, **schedule) == 0.0
+
+
 def test_warmup_starts_at_one_millionth_by_default():
     assert warmup_cosine_lr(0.0, peak_lr=0.8, warmup_epochs=2.0, total_epochs=10.0) == 1e-6
 
