@@ -89,3 +89,42 @@ def test_monitors_match_a_reference_and_are_skipped_on_request(tau_w):
     silent = quiet(x1, x2, ids, labels, momentum=0.9, monitor=False)
     assert torch.equal(silent.loss, stats.loss)
     assert (silent.positiveness_max, silent.neighbor_agreement, silent.neighbor_rows) == (None, None, None)
+
+
+def test_defaults_are_the_papers_and_bad_settings_are_named():
+    """A model built without settings is the paper's ResNet one (SNCLR Sec. 4: T = 0.2, a 128k
+    candidate set, K = 30, soft weights with tau_w = 1; BYOL's 4096 / 256 heads). Mutations tried
+    (found by mutmut in ``__init__``), each failing this test: any of those defaults changed; the
+    two refusals' messages dropped; K equal to the set size refused."""
+    import inspect
+    defaults = {name: p.default for name, p in inspect.signature(SNCLR).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == dict(image_size=224, proj_hidden_dim=4096, dim=256, temperature=0.2,
+                            candidate_set_size=128_000, k=30, neighbors="soft", loss_form="paper",
+                            positiveness_temperature=1.0, detach_weights=False)
+    with pytest.raises(ValueError, match=r"neighbors='hard'; expected one of \('soft', 'binary', 'none'\)"):
+        SNCLR("resnet18", image_size=16, proj_hidden_dim=8, dim=4, candidate_set_size=8, k=2, neighbors="hard")
+    with pytest.raises(ValueError, match="k=9 is larger than the candidate set size 8"):
+        SNCLR("resnet18", image_size=16, proj_hidden_dim=8, dim=4, candidate_set_size=8, k=9)
+    assert SNCLR("resnet18", image_size=16, proj_hidden_dim=8, dim=4, candidate_set_size=8, k=8).k == 8
+
+
+def test_a_vit_is_built_for_the_image_size_asked():
+    """Mutation tried (found by mutmut), failing this test: ``image_size`` not passed to the backbone
+    (a ViT then expects 224 px and refuses a 32 px batch)."""
+    model = SNCLR("vit_small", image_size=32, proj_hidden_dim=16, dim=8, candidate_set_size=8, k=2)
+    with torch.no_grad():
+        assert model.backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 384)
+
+
+def test_a_supervised_step_without_monitors_still_has_its_loss():
+    """Mutation tried (found by mutmut in ``Supervised.forward``), failing this test: the loss dropped
+    when ``monitor=False``."""
+    from pretrain.model import Supervised
+    torch.manual_seed(0)
+    model = Supervised("resnet18", 3, image_size=16)
+    x = torch.randn(4, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 0])
+    quiet = model(x, x, torch.arange(4), labels, momentum=0.9, monitor=False)
+    loud = model(x, x, torch.arange(4), labels, momentum=0.9)
+    assert quiet.loss is not None and torch.allclose(quiet.loss, loud.loss)
