@@ -270,6 +270,52 @@ def test_pickle_globals_reads_every_form_a_name_takes():
         "os.system"]   # a FRAME between the two strings pushes nothing
 
 
+@pytest.mark.parametrize("data,names", [
+    (b"(S'ls'\nios\nsystem\n.", ["os.system"]),                                   # INST
+    (b"S'os'\np7\nS'system'\np9\ng7\ng9\n\x93.", ["os.system"]),                  # PUT / GET, memo keys 7 and 9
+    (b"\x8c\x02osq\x05\x8c\x06systemq\x06h\x05h\x06\x93.", ["os.system"]),          # BINPUT / BINGET
+    (b"\x8c\x02osr\x00\x01\x00\x00\x8c\x06systemr\x01\x01\x00\x00j\x00\x01\x00\x00j\x01\x01\x00\x00\x93.",
+     ["os.system"]),                                                                # LONG_BINPUT / LONG_BINGET
+    (b"N\x8c\x02os\x8c\x06system\x93.", ["os.system"]),                          # only the last two pushes count
+    (b"\x8c\x06system\x93.", []),                                                  # one string: no name
+    (b"\x8c\x02osPfoo\n\x93.", []),                                                # a persistent id is not a string
+])
+def test_pickle_globals_follows_a_crafted_stream(data, names):
+    """Names built from memo slots and every push opcode a crafted file can use, read without running
+    anything. Mutations tried (found by mutmut in ``pickle_globals``), each failing a row: INST, PUT,
+    BINPUT, LONG_BINPUT, GET or LONG_BINGET not recognised; memo keys taken as the memo's length
+    for PUT; protocol 0's STRING not read as a string; any opcode with a str argument taken as a
+    string push; ``and`` made ``or`` before STACK_GLOBAL (an IndexError on one string); three pushes
+    checked instead of two."""
+    from pretrain.safe_load import pickle_globals
+    assert pickle_globals(data) == names
+
+
+def test_refusals_of_other_torch_files_say_why(tmp_path):
+    """A legacy (non-zip) torch file is refused naming its global, found in torch's message; a zip
+    whose pickle uses an opcode the data-only reader lacks is refused with torch's reason. Mutations
+    tried (found by mutmut in ``_torch_refusal``), each failing this test: the reason taken from
+    the wrong line, another marker or none; the legacy fallback's pattern changed or dropped."""
+    import io
+    legacy = tmp_path / "legacy.pth"
+    buffer = io.BytesIO()
+    torch.save({"a": os.system, "w": torch.ones(2)}, buffer, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(buffer.getvalue())
+    with pytest.raises(UntrustedFileError, match=rf"^{legacy}: refused to load: it pickles posix\.system, which is not"):
+        torch_load(legacy)
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer)
+    crafted = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(crafted, "w") as target:
+        for item in source.infolist():
+            payload = source.read(item.filename)
+            target.writestr(item, b"\x80\x02(X\x01\x00\x00\x00xi__builtin__\nset\n." if item.filename.endswith(
+                "data.pkl") else payload)
+    (tmp_path / "inst.pth").write_bytes(crafted.getvalue())
+    with pytest.raises(pickle.UnpicklingError, match=r"^Unsupported operand 105; if it is a checkpoint that needs more"):
+        torch_load(tmp_path / "inst.pth")
+
+
 def _reduce_pickle(function: str, args: bytes) -> bytes:
     """Protocol 2: call the global ``function`` ("module name") on the pickled argument tuple ``args``."""
     module, name = function.split(" ")
