@@ -180,6 +180,33 @@ class _Python2Array:
         return _np_core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, *state) if self.versioned else state
 
 
+def test_python2_byte_strings_are_read_as_latin1(tmp_path):
+    """Python 2 wrote ``str`` as raw bytes (BINSTRING), array data included; detectron2 reads such
+    files with encoding="latin1", and so do we. Mutations tried (found by mutmut in
+    ``load_array_pickle``), each failing this test: the encoding dropped (ASCII) or misspelt."""
+    import struct
+    array = np.arange(-2.0, 2.0, dtype=np.float32)   # bytes >= 0x80 in its data
+    data = pickle.dumps({"blobs": {"conv1_w": _Python2Array(array)}}, protocol=2)
+    text = array.tobytes().decode("latin1").encode("utf-8")
+    as_python3 = b"X" + struct.pack("<I", len(text)) + text
+    assert data.count(as_python3) == 1
+    raw = array.tobytes()
+    (tmp_path / "py2.pkl").write_bytes(data.replace(as_python3, b"T" + struct.pack("<I", len(raw)) + raw)
+                                       .replace(b"X\x07\x00\x00\x00conv1_w", b"U\x08conv1_w\xe9"))
+    loaded = load_array_pickle(tmp_path / "py2.pkl")
+    assert np.array_equal(loaded["blobs"]["conv1_w\xe9"], array)
+
+
+def test_a_refused_weight_pickle_names_file_global_and_what_it_may_hold(tmp_path):
+    """Mutations tried (found by mutmut in ``load_array_pickle``), each failing this test: the path,
+    or the description of what the file may hold, left out of the message."""
+    path = tmp_path / "w.pkl"
+    path.write_bytes(global_named("os", "system"))
+    with pytest.raises(UntrustedFileError, match=rf"^{path}: refused to load: it pickles os\.system, which is not a "
+                                                 r"numpy array or plain container and could run code; pass "):
+        load_array_pickle(path)
+
+
 def test_real_weight_pickles_load_with_every_dtype_layout_and_protocol(tmp_path):
     """Our converter's layout and the MSRA / torchvision-converted one: {"model": {name: ndarray},
     "__author__": ..., "matching_heuristics": True}, and Caffe2's {"blobs": ...}."""
