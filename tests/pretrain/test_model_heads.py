@@ -102,9 +102,10 @@ def test_defaults_are_the_papers_and_bad_settings_are_named():
     assert defaults == dict(image_size=224, proj_hidden_dim=4096, dim=256, temperature=0.2,
                             candidate_set_size=128_000, k=30, neighbors="soft", loss_form="paper",
                             positiveness_temperature=1.0, detach_weights=False)
-    built = SNCLR("resnet18", image_size=16, proj_hidden_dim=8, dim=4)   # what the defaults give, not only say
+    built = SNCLR("resnet18")   # what the defaults give, not only what the signature says
     assert (built.temperature, built.candidate_set.size, built.k, built.neighbors, built.loss_form,
             built.positiveness_temperature, built.detach_weights) == (0.2, 128_000, 30, "soft", "paper", 1.0, False)
+    assert layout(built.projector)[-1] == ("Linear", 4096, 256, True) and built.candidate_set.dim == 256
     with pytest.raises(ValueError, match=r"neighbors='hard'; expected one of \('soft', 'binary', 'none'\)"):
         SNCLR("resnet18", image_size=16, proj_hidden_dim=8, dim=4, candidate_set_size=8, k=2, neighbors="hard")
     with pytest.raises(ValueError, match="k=9 is larger than the candidate set size 8"):
