@@ -285,3 +285,25 @@ def test_shipped_study_records_carry_identity_and_their_limit(variant):
             data = json.loads(line)
             assert data["model_id"].startswith("snclr:") and data["pretrain_config"]["neighbors"] == variant
             assert any(d.startswith("--limit-train: 10000") for d in data["deviations"])
+
+
+def test_every_record_set_aside_is_named_in_one_warning_line(tmp_path):
+    """The build log names each record set aside, why, what cell it belonged to and which record
+    filled that cell, in file order. Mutations tried (found by mutmut in ``select_records``), each
+    failing this test: the data set, protocol, method, backbone or epochs left out of the line; the
+    filling record (``detail``) dropped from a duplicate; the model's keys dropped from a departure."""
+    path = tmp_path / "r" / "results.jsonl"
+    write_record(path, record(metrics_final={"knn_top1_k20": 80.0}, checkpoint_sha256="0" * 64))
+    write_record(path, record(metrics_final={"knn_top1_k20": 82.0}, checkpoint_sha256="1" * 64,
+                              pretrain_config=config(seed=1), pretrain_seed=1))
+    write_record(path, record(metrics_final={"knn_top1_k20": 50.0}, checkpoint_sha256="0" * 64, seed=1,
+                              created_at="2025-01-01T00:00:00+00:00"))
+    write_record(path, record(metrics_final={"knn_top1_k20": 71.5}, deviations=[SMALL, LIMIT_300],
+                              created_at="2026-06-01T00:00:00+00:00"))
+    _, _, stderr = build(tmp_path / "r", tmp_path)
+    lines = [line.split("evaluate.report.facts: ", 1)[1] for line in stderr.splitlines() if "set aside (" in line]
+    assert lines == [
+        "results.jsonl:3 set aside (duplicate of a checkpoint already in its cell): fashion-mnist knn SNCLR "
+        "resnet18 ep 30; cell filled from results.jsonl:1",
+        "results.jsonl:4 set aside (with more departures than another setting of the model): fashion-mnist knn "
+        "SNCLR resnet18 ep 30; cell filled from results.jsonl:1"]
