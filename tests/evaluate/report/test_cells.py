@@ -104,16 +104,21 @@ def test_two_configurations_are_two_rows_labelled_by_what_differs(tmp_path):
     assert sorted(board["knobs"]) == ["detach_weights=False, temperature=0.2", "detach_weights=True, temperature=0.1"]
 
 
-def test_seeds_of_one_configuration_average_and_two_records_of_one_checkpoint_do_not(tmp_path):
-    """Broke on: seeds keyed by (checkpoint, seed): one checkpoint evaluated with --seed 0 and --seed 1
-    counted as two seeds. Here: two checkpoints (seeds 0 and 1 of one config) make (2); a second
-    record of checkpoint 0 is a duplicate, set aside and counted under the table."""
-    path = tmp_path / "r" / "results.jsonl"
+def _two_seeds_and_a_duplicate(path: Path) -> None:
+    """Checkpoints 0 and 1 (seeds 0 and 1 of one config), then a second, older record of checkpoint 0."""
     write_record(path, record(metrics_final={"knn_top1_k20": 80.0}, checkpoint_sha256="0" * 64))
     write_record(path, record(metrics_final={"knn_top1_k20": 82.0}, checkpoint_sha256="1" * 64,
                               pretrain_config=config(seed=1), pretrain_seed=1))
     write_record(path, record(metrics_final={"knn_top1_k20": 50.0}, checkpoint_sha256="0" * 64, seed=1,
                               created_at="2025-01-01T00:00:00+00:00"))
+
+
+def test_seeds_of_one_configuration_average_and_two_records_of_one_checkpoint_do_not(tmp_path):
+    """Broke on: seeds keyed by (checkpoint, seed): one checkpoint evaluated with --seed 0 and --seed 1
+    counted as two seeds. Here: two checkpoints (seeds 0 and 1 of one config) make (2); a second
+    record of checkpoint 0 is a duplicate, set aside and counted under the table."""
+    path = tmp_path / "r" / "results.jsonl"
+    _two_seeds_and_a_duplicate(path)
     markdown, board, stderr = build(tmp_path / "r", tmp_path)
     assert knn(markdown, "SNCLR") == ["81.0 ± 1.4 (2) †1"]
     assert "1 record set aside: 1 duplicate of a checkpoint already in its cell" in table(markdown, "4")
@@ -293,11 +298,7 @@ def test_every_record_set_aside_is_named_in_one_warning_line(tmp_path):
     failing this test: the data set, protocol, method, backbone or epochs left out of the line; the
     filling record (``detail``) dropped from a duplicate; the model's keys dropped from a departure."""
     path = tmp_path / "r" / "results.jsonl"
-    write_record(path, record(metrics_final={"knn_top1_k20": 80.0}, checkpoint_sha256="0" * 64))
-    write_record(path, record(metrics_final={"knn_top1_k20": 82.0}, checkpoint_sha256="1" * 64,
-                              pretrain_config=config(seed=1), pretrain_seed=1))
-    write_record(path, record(metrics_final={"knn_top1_k20": 50.0}, checkpoint_sha256="0" * 64, seed=1,
-                              created_at="2025-01-01T00:00:00+00:00"))
+    _two_seeds_and_a_duplicate(path)
     write_record(path, record(metrics_final={"knn_top1_k20": 71.5}, deviations=[SMALL, LIMIT_300],
                               created_at="2026-06-01T00:00:00+00:00"))
     _, _, stderr = build(tmp_path / "r", tmp_path)
