@@ -461,8 +461,8 @@ def record_method(run: DetectionRun, sidecar: dict[str, Any]) -> str:
 
 def check_base_chain(config_file: Path) -> None:
     """Refuse a ``_BASE_`` chain that loops, names a missing file or a URL before detectron2 follows it
-    (it would recurse until Python's stack runs out, or fetch the URL and parse what came back). Paths resolve as detectron2's do: relative to
-    the including file, ``~`` expanded."""
+    (it would recurse until Python's stack runs out, or fetch the URL and parse what came back).
+    Paths resolve as detectron2's do: relative to the including file, ``~`` expanded."""
     seen: list[Path] = []
     path = config_file
     while True:
