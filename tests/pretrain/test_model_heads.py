@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.model import SNCLR
-from test_reference_maths import (K, _batch, _online, _seed_own_image_entries, _target, _tiny_model,
-                                  reference_neighbours)
+from test_reference_maths import (K, _batch, _seed_own_image_entries, _tiny_model, after_ema,
+                                  reference_neighbours, reference_slots)
 
 
 def layout(head: torch.nn.Sequential) -> list[tuple]:
@@ -63,21 +63,16 @@ def test_monitors_match_a_reference_and_are_skipped_on_request(tau_w):
     labels = torch.tensor([2, 1, 2, 0])   # agreement 0.25 here: not 0.5, which an inverted match would also give
     _seed_own_image_entries(model, x1, x2, ids)
     quiet = copy.deepcopy(model)
-    probe = copy.deepcopy(model)
+    probe = after_ema(model)
     with torch.no_grad():
-        for target, online in zip(_target(probe), _online(probe)):
-            target.copy_(0.9 * target + 0.1 * online)
         k2 = probe.momentum_projector(probe.momentum_backbone(x2))
         y1 = probe.projector(probe.backbone(x1))
     memory = probe.candidate_set
     neighbours, valid = reference_neighbours(k2, ids, memory.features, memory.image_ids, K)
     assert all(valid)
-    found_labels = []
-    for key, image in zip(F.normalize(k2.double(), dim=-1), ids.tolist()):
-        allowed = [j for j in range(memory.size) if memory.image_ids[j] >= 0 and memory.image_ids[j] != image]
-        allowed.sort(key=lambda j: -float(F.normalize(memory.features[j].double(), dim=-1) @ key))
-        found_labels.append(memory.labels[allowed[:K]])
-    agreement = (torch.stack(found_labels) == labels[:, None]).double().mean()
+    found_labels = torch.stack([memory.labels[slots[:K]] for slots in
+                                reference_slots(k2, ids, memory.features, memory.image_ids)])
+    agreement = (found_labels == labels[:, None]).double().mean()
     weights = torch.softmax(torch.einsum("bd,bkd->bk", F.normalize(y1.double(), dim=-1), neighbours) / tau_w, dim=1)
     entropy = -(weights * weights.log()).sum(dim=1).mean()
 

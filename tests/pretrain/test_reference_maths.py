@@ -51,15 +51,25 @@ def _target(model: torch.nn.Module) -> list[torch.Tensor]:
     return [*model.momentum_backbone.parameters(), *model.momentum_projector.parameters()]
 
 
+def reference_slots(keys: torch.Tensor, key_ids: torch.Tensor, memory: torch.Tensor,
+                    memory_ids: torch.Tensor) -> list[list[int]]:
+    """Per key, the written slots of other images, most cosine-similar first."""
+    memory = F.normalize(memory.double(), dim=-1)
+    ranked = []
+    for key, image in zip(F.normalize(keys.double(), dim=-1), key_ids.tolist()):
+        allowed = [j for j in range(len(memory)) if memory_ids[j] >= 0 and memory_ids[j] != image]
+        allowed.sort(key=lambda j: -float(memory[j] @ key))
+        ranked.append(allowed)
+    return ranked
+
+
 def reference_neighbours(keys: torch.Tensor, key_ids: torch.Tensor, memory: torch.Tensor,
                          memory_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, list[bool]]:
     """(N, k, d): per key the k most similar written entries of other images, as unit vectors; and
     per key whether C held k of them (a key with fewer brings no neighbours; its rows are zeros)."""
     memory = F.normalize(memory.double(), dim=-1)
     out, valid = [], []
-    for key, image in zip(F.normalize(keys.double(), dim=-1), key_ids.tolist()):
-        allowed = [j for j in range(len(memory)) if memory_ids[j] >= 0 and memory_ids[j] != image]
-        allowed.sort(key=lambda j: -float(memory[j] @ key))
+    for allowed in reference_slots(keys, key_ids, memory, memory_ids):
         valid.append(len(allowed) >= k)
         out.append(memory[allowed[:k]] if len(allowed) >= k else torch.zeros(k, memory.shape[1], dtype=memory.dtype))
     return torch.stack(out), valid
@@ -140,12 +150,19 @@ def _batch():
     return x1, x2, torch.arange(BATCH), torch.tensor([0, 1, 2, 0])
 
 
-def _seed_own_image_entries(model: SNCLR, x1, x2, ids) -> None:
-    """Put each image's own key (as the EMA will make it) into C: the best match, and forbidden."""
+def after_ema(model: SNCLR, momentum: float = 0.9) -> SNCLR:
+    """A copy of ``model`` whose momentum weights took the step's EMA (as the paper writes it)."""
     probe = copy.deepcopy(model)
     with torch.no_grad():
         for target, online in zip(_target(probe), _online(probe)):
-            target.copy_(0.9 * target + 0.1 * online)
+            target.copy_(momentum * target + (1 - momentum) * online)
+    return probe
+
+
+def _seed_own_image_entries(model: SNCLR, x1, x2, ids) -> None:
+    """Put each image's own key (as the EMA will make it) into C: the best match, and forbidden."""
+    probe = after_ema(model)
+    with torch.no_grad():
         own = probe.momentum_projector(probe.momentum_backbone(x2))
     model.candidate_set.push(own, ids, torch.zeros_like(ids))
 
@@ -211,10 +228,8 @@ def test_symmetrised_loss_contrasts_each_query_with_the_other_views_key():
     x1, x2, ids, labels = _batch()
     reference = copy.deepcopy(model)
     expected, _ = reference_step(reference, x1, x2, ids, 0.9, k=0, form="paper", weighting="soft")
-    same_view = copy.deepcopy(model)
+    same_view = after_ema(model)
     with torch.no_grad():
-        for target, online in zip(_target(same_view), _online(same_view)):
-            target.copy_(0.9 * target + 0.1 * online)
         own1 = same_view.momentum_projector(same_view.momentum_backbone(x1))
         own2 = same_view.momentum_projector(same_view.momentum_backbone(x2))
     z1 = same_view.predictor(same_view.projector(same_view.backbone(x1)))
