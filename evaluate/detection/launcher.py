@@ -115,6 +115,9 @@ class DetectionRun:
     seed: int = 0
     argv: list[str] = dataclasses.field(default_factory=list)  # the command line, for the record's provenance
     trust_checkpoint: bool = False
+    # Set by run_detection before it starts several processes: the sha256 of the --weights bytes it read.
+    # Each process reads the file again and must find these bytes (read_weights).
+    weights_sha256: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -264,6 +267,34 @@ def read_start_checkpoint(path: Path, trust: bool, *, flag: str = "--weights", r
     if not isinstance(payload.get("model"), dict):
         raise DetectionError(f"{flag} {path}: its 'model' is a {type(payload.get('model')).__name__}, not a dict")
     return StartCheckpoint(path=path, payload=payload, sha256=sha256, resumed=resumed)
+
+
+def read_weights(run: DetectionRun) -> StartCheckpoint:
+    """``--weights`` read once in this process, as data. When the launching process has read it already
+    (``run.weights_sha256``), these must be the same bytes: a file rewritten in between is refused."""
+    check_local_path(run.weights)
+    problem = file_problem(run.weights)
+    if problem:
+        raise DetectionError(f"--weights {run.weights} {problem}")
+    weights = read_start_checkpoint(run.weights, run.trust_checkpoint)
+    if run.weights_sha256 is not None and weights.sha256 != run.weights_sha256:
+        raise DetectionError(f"--weights {run.weights} changed after the launcher read it (sha256 "
+                             f"{run.weights_sha256[:12]} then {weights.sha256[:12]}); every process must load "
+                             "the same bytes: run again on a file that nothing is writing")
+    return weights
+
+
+def check_same_start_everywhere(read_by_rank: list[tuple[str, str]], weights: Path) -> None:
+    """Refuse a run whose processes loaded different bytes: ``read_by_rank[r]`` is the (--weights sha256,
+    start checkpoint sha256) rank r read. On several machines each reads its own copy of the files."""
+    for position, what in enumerate(("--weights", "the checkpoint resumed from")):
+        groups: dict[str, list[int]] = {}
+        for rank, hashes in enumerate(read_by_rank):
+            groups.setdefault(hashes[position], []).append(rank)
+        if len(groups) > 1:
+            found = "; ".join(f"ranks {ranks} read sha256 {sha[:12]}" for sha, ranks in groups.items())
+            raise DetectionError(f"{what} ({weights if position == 0 else 'OUTPUT_DIR/last_checkpoint'}) "
+                                 f"differs between processes: {found}; give every machine the same file")
 
 
 def resume_checkpoint_path(output_dir: Path) -> Path | None:
@@ -606,17 +637,15 @@ def train_and_evaluate(run: DetectionRun) -> ResultRecord | None:
     provenance = run_provenance(["python -m evaluate.detection.launcher", *run.argv])
     # Every file detectron2 would unpickle is read here, once, before any work: --weights, and with
     # --resume the checkpoint last_checkpoint names. Config keys naming further ones are refused.
-    check_local_path(run.weights)
-    problem = file_problem(run.weights)
-    if problem:
-        raise DetectionError(f"--weights {run.weights} {problem}")
-    weights = read_start_checkpoint(run.weights, run.trust_checkpoint)
+    weights = read_weights(run)
     sidecar = read_sidecar(run.weights, weights.sha256)
     cfg, deviations, replaced = build_config(run, sidecar)
     record_method(run, sidecar)
     resumed = resume_checkpoint_path(run.output_dir) if run.resume else None
     start = (read_start_checkpoint(resumed, run.trust_checkpoint, flag="--resume", resumed=True)
              if resumed is not None else weights)
+    if comm.get_world_size() > 1:
+        check_same_start_everywhere(comm.all_gather((weights.sha256, start.sha256)), run.weights)
     # The data set is checked before the loggers create OUTPUT_DIR: bad input leaves nothing behind.
     register_coco(run.coco_root, cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0])
     DatasetCatalog.get(cfg.DATASETS.TEST[0])  # loads the annotations, which sets thing_classes
@@ -673,6 +702,9 @@ def run_detection(run: DetectionRun) -> ResultRecord | None:
             raise DetectionError(f"--records {error}") from None
     if run.world_size == 1:
         return train_and_evaluate(run)
+    # Read here first: a bad file is one line before any process starts, and each process must then find
+    # the bytes read here (they read it again, since launch pickles its arguments to every process).
+    run = dataclasses.replace(run, weights_sha256=read_weights(run).sha256)
     import torch
     from detectron2.engine import launch
 

@@ -560,3 +560,50 @@ def test_a_pointer_dtype_in_the_weights_is_one_line_not_a_crash(smoke_inputs: di
     assert cli.returncode == 2, (cli.returncode, cli.stderr[-1000:])
     (last,) = cli.stderr.strip().splitlines()
     assert last.startswith(f"error: --weights {weights}: refused to load: numpy dtype 'V8'"), last
+
+
+@needs_detectron2
+def test_several_processes_check_the_weights_once_before_starting(smoke_inputs: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """With --num-gpus 2 the weights are read before any process starts, so a bad file is one line (and
+    code in it never runs). Break tried: the read in run_detection removed -> the GPU-count message
+    (or, on a 2-GPU machine, one traceback per process)."""
+    from evaluate.detection.launcher import DetectionError, run_detection
+    from untrusted_pickles import OFFENDING, WritesMarker, save_pickle
+
+    marker = tmp_path / "ran"
+    weights = save_pickle(tmp_path / "w.pkl", WritesMarker(marker))
+    with pytest.raises(DetectionError, match=f"^--weights .*{OFFENDING}"):
+        run_detection(_run(smoke_inputs, "two-evil", weights=weights, records=None, num_gpus=2))
+    assert not marker.exists()
+    with pytest.raises(DetectionError, match="^--weights .*missing.pkl"):
+        run_detection(_run(smoke_inputs, "two-missing", weights=tmp_path / "missing.pkl", records=None,
+                           num_gpus=2))
+
+
+@needs_detectron2
+def test_weights_rewritten_after_the_launcher_read_them_are_refused(smoke_inputs: dict[str, Path]) -> None:
+    """Each process re-reads --weights and must find the bytes the launcher hashed. Break tried: the
+    comparison in read_weights removed -> the run trains on bytes the record does not name."""
+    from evaluate.detection.launcher import DetectionError, read_weights, run_detection
+
+    run = _run(smoke_inputs, "rewritten", records=None)
+    assert read_weights(dataclasses.replace(run, weights_sha256=file_sha256(smoke_inputs["weights"]))).sha256 \
+        == file_sha256(smoke_inputs["weights"])
+    with pytest.raises(DetectionError, match=r"changed after the launcher read it \(sha256 000000000000 then "):
+        run_detection(dataclasses.replace(run, weights_sha256="0" * 64))
+    assert not (smoke_inputs["root"] / "rewritten").exists()
+
+
+def test_processes_that_loaded_different_bytes_are_named() -> None:
+    """On several machines each reads its own copy; rank 0's hash alone would go in the record.
+    Break tried: only --weights compared -> different resumed checkpoints pass."""
+    from evaluate.detection.launcher import DetectionError, check_same_start_everywhere
+
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    check_same_start_everywhere([(a, a), (a, a), (a, a)], Path("w.pkl"))
+    with pytest.raises(DetectionError, match=r"^--weights \(w.pkl\) differs between processes: ranks \[0, 2\] read "
+                                             r"sha256 aaaaaaaaaaaa; ranks \[1\] read sha256 bbbbbbbbbbbb"):
+        check_same_start_everywhere([(a, c), (b, c), (a, c)], Path("w.pkl"))
+    with pytest.raises(DetectionError, match=r"^the checkpoint resumed from .* ranks \[1\] read sha256 cccccccccccc"):
+        check_same_start_everywhere([(a, b), (a, c)], Path("w.pkl"))
