@@ -114,11 +114,11 @@ def record_frame(paths: Iterable[str | os.PathLike], metric_kind: str = "final")
                 method=record.method, backbone=record.backbone, model_id=record.model_id,
                 epochs=_epochs_text(record.pretrain_epochs, record.pretrain_epochs_planned, record.pretrain_complete),
                 config=json.dumps(config), pretrain_dataset=pretrain_dataset(record.pretrain_config),
-                sha=record.checkpoint_sha256, seed=record.seed, created=_utc(record.created_at),
+                sha=record.checkpoint_sha256, created=_utc(record.created_at),
                 deviations=tuple(sorted(set(deviations))), where=where,
                 ref=f"{relative}:{where.rsplit(':', 1)[1]}")
             rows += [{**common, "metric": metric, "value": float(value)} for metric, value in metrics.items()]
-    return pd.DataFrame(rows, columns=[*MODEL, "protocol_id", "config", "pretrain_dataset", "sha", "seed", "created",
+    return pd.DataFrame(rows, columns=[*MODEL, "protocol_id", "config", "pretrain_dataset", "sha", "created",
                                        "deviations", "where", "ref", "metric", "value"])
 
 
@@ -127,26 +127,29 @@ def _choose_settings(records: pd.DataFrame) -> tuple[dict[tuple, int], dict[tupl
 
     Returns ({setting: alt}, {setting: (reason, a record of the setting that wins)}). A conformant
     setting wins; otherwise a setting whose deviation set lies inside another's wins over that one;
-    what remains is shown, each setting in a row of its own (alt 0, 1, ...), the most seeds first.
+    what remains is shown, each setting in a row of its own (alt 0, 1, ...): the most seeds first, then
+    the fewest deviations, the newest record, the first "file:line". A setting set aside names the
+    first record of the shown setting that beat it: the first shown (conformant), or the one with the
+    fewest deviations inside its own (which is always shown: nothing lies inside it).
     """
     summary = {}
     for key, group in records.groupby(SETTING, sort=False):
         summary[key] = (group["sha"].nunique(), group["created"].max().value, group["ref"].min())
     conformant = [key for key in summary if not key[1]]
-    dropped: dict[tuple, tuple[str, str]] = {}
-    if conformant:
-        shown = conformant
-        dropped = {key: ("conformant", summary[conformant[0]][2]) for key in summary if key[1]}
-    else:
-        shown = []
-        for key in summary:
-            inside = [other for other in summary if set(other[1]) < set(key[1])]
-            if inside:
-                dropped[key] = ("departure", summary[min(inside, key=lambda other: len(other[1]))][2])
-            else:
-                shown.append(key)
+    shown = conformant or [key for key in summary if not any(set(other[1]) < set(key[1]) for other in summary)]
     order = sorted(shown, key=lambda key: (-summary[key][0], len(key[1]), -summary[key][1], summary[key][2]))
-    return {key: alt for alt, key in enumerate(order)}, dropped
+    alts = {key: alt for alt, key in enumerate(order)}
+    dropped: dict[tuple, tuple[str, str]] = {}
+    for key in summary:
+        if key in alts:
+            continue
+        if conformant:
+            dropped[key] = ("conformant", summary[order[0]][2])
+        else:
+            inside = min((other for other in order if set(other[1]) < set(key[1])),
+                         key=lambda other: (len(other[1]), alts[other]))
+            dropped[key] = ("departure", summary[inside][2])
+    return alts, dropped
 
 
 def select_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
