@@ -21,6 +21,7 @@ import os
 import pickle
 import pickletools
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,20 @@ def pickle_globals(data: bytes) -> list[str]:
     return sorted(set(names))
 
 
+def _legacy_unsafe_globals(data: bytes) -> list[str]:
+    """What ``get_unsafe_globals_in_checkpoint`` lists, for torch's legacy (non-zip) format, which it
+    does not read: the globals of the pickle that holds the object (the file's fourth, after the magic
+    number, the protocol and the system info) that torch's and our allow-lists lack. Must be called
+    inside ``safe_globals(SAFE_GLOBALS)``."""
+    stream = io.BytesIO(data)
+    for _ in range(3):
+        for _ in pickletools.genops(stream):   # stops after the pickle's STOP
+            pass
+    from torch import _weights_only_unpickler as weights_only   # private; torch is pinned (requirements.txt)
+    allowed = set(weights_only._get_allowed_globals()) | set(weights_only._get_user_allowed_globals())
+    return sorted(set(pickle_globals(data[stream.tell():])) - allowed)
+
+
 def _torch_refusal(error: Exception, data: bytes) -> tuple[list[str], str]:
     """(every refused global of a torch file, torch's one-line reason). The globals come from the
     file's opcodes; torch's message (whose wording is not an API) is only the fallback."""
@@ -111,8 +126,11 @@ def _torch_refusal(error: Exception, data: bytes) -> tuple[list[str], str]:
                             if "WeightsUnpickler error:" in line), lines[0] if lines else type(error).__name__)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            offending = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
-    except (ValueError, pickle.UnpicklingError, RuntimeError, EOFError):  # not a zip, or opcodes it cannot list
+            if zipfile.is_zipfile(io.BytesIO(data)):
+                offending = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
+            else:
+                offending = _legacy_unsafe_globals(data)
+    except (ValueError, pickle.UnpicklingError, RuntimeError, EOFError):  # opcodes torch cannot list
         offending = []
     if not offending:
         match = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(r"GLOBAL (\S+)", text)

@@ -319,14 +319,24 @@ def test_pickle_globals_follows_a_crafted_stream(data, names):
 
 
 def test_refusals_of_other_torch_files_say_why(tmp_path):
-    """A legacy (non-zip) torch file is refused naming its global, found in torch's message; a zip
-    whose pickle uses an opcode the data-only reader lacks is refused with torch's reason. Mutations
-    tried (found by mutmut in ``_torch_refusal``), each failing this test: the reason taken from
-    the wrong line, another marker or none; the legacy fallback's pattern changed or dropped."""
+    """A legacy (non-zip) torch file is refused naming every offending global (torch lists them only
+    for zip files; torch's own message names the first); a zip whose pickle uses an opcode the
+    data-only reader lacks is refused with torch's reason. Mutations tried (found by mutmut in
+    ``_torch_refusal``), each failing this test: the reason taken from the wrong line, another marker
+    or none. Break tried: ``_legacy_unsafe_globals`` dropped -> only posix.system is named; the
+    allow-list not subtracted -> torch.FloatStorage and OrderedDict are named too."""
     import io
+    import shutil
     legacy = tmp_path / "legacy.pth"
     buffer = io.BytesIO()
-    torch.save({"a": os.system, "w": torch.ones(2)}, buffer, _use_new_zipfile_serialization=False)
+    torch.save({"a": os.system, "b": shutil.rmtree, "w": torch.ones(2), "p": torch.nn.Parameter(torch.ones(1))},
+               buffer, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(buffer.getvalue())
+    with pytest.raises(UntrustedFileError, match=rf"^{legacy}: refused to load: it pickles posix\.system, "
+                                                 r"shutil\.rmtree, which are not a tensor"):
+        torch_load(legacy)
+    buffer = io.BytesIO()
+    torch.save({"a": os.system}, buffer, _use_new_zipfile_serialization=False)
     legacy.write_bytes(buffer.getvalue())
     with pytest.raises(UntrustedFileError, match=rf"^{legacy}: refused to load: it pickles posix\.system, which is not"):
         torch_load(legacy)
