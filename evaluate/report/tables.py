@@ -45,6 +45,7 @@ from pretrain.fileio import atomic_write_text
 from pretrain.errors import ArgumentParser, cli_main
 
 logger = logging.getLogger(__name__)
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"   # the build log on stderr (tests read its lines)
 
 IMAGENET = "imagenet-1k"
 PAPER_EPOCHS = {"resnet": (100, 200, 400, 800), "vit": (100, 200, 300)}
@@ -544,7 +545,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     args = _parse_args(argv)
     references = ([] if args.no_default_reference else list(DEFAULT_REFERENCES)) + list(args.reference)
     facts = collect_facts(args.records, references, args.metric_kind)

@@ -6,7 +6,9 @@ name and four hand-picked knobs, the newest non-conformant record winning) that 
 """
 from __future__ import annotations
 
+import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +42,24 @@ def record(**overrides) -> ResultRecord:
 
 
 def build(records: Path, tmp_path: Path, *extra: str) -> tuple[str, pd.DataFrame, str]:
-    """Run the CLI on ``records``: (tables.md, leaderboard.csv, the log on stderr)."""
+    """Run ``python -m evaluate tables`` on ``records``: (tables.md, leaderboard.csv, the log).
+
+    In this process (``tables.main`` with the CLI's argv and its log format), so that mutation testing
+    sees what these tests cover; test_tables.py runs the same command as a subprocess."""
+    from evaluate.report import tables
+
     out = tmp_path / "tables_out"
-    result = subprocess.run([sys.executable, "-m", "evaluate", "tables", str(records), "--out", str(out),
-                             "--no-default-reference", *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return (out / "tables.md").read_text(encoding="utf-8"), pd.read_csv(out / "leaderboard.csv"), result.stderr
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter(tables.LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        status = tables.main([str(records), "--out", str(out), "--no-default-reference", *extra])
+    finally:
+        root.removeHandler(handler)
+    assert status == 0, log.getvalue()
+    return (out / "tables.md").read_text(encoding="utf-8"), pd.read_csv(out / "leaderboard.csv"), log.getvalue()
 
 
 def table(markdown: str, number: str) -> str:
