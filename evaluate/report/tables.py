@@ -101,6 +101,12 @@ def _source(source: str, protocol: str) -> str:
     return "published" if source == "published" else "measured" if protocol == "linear" else f"measured ({protocol})"
 
 
+def _natural(label: str) -> tuple:
+    """``label`` as a sort key that orders the numbers in it by value: "k=30" before "k=100"."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", label)
+    return tuple(_number_or_text(float(part) if index % 2 else part) for index, part in enumerate(parts))
+
+
 def _family(backbone: str) -> str:
     return "vit" if backbone.startswith("vit") else "resnet" if backbone.startswith("resnet") else "other"
 
@@ -141,7 +147,7 @@ def table1(facts: pd.DataFrame, dataset: str) -> list[Table]:
         header = {e: f"{e} ep" if e else "epochs n/a" for e in epochs}
         # Bold ranks rows of one model size under one protocol: a fast-probe number is not a linear-probe one.
         cells = cells.assign(column=cells["epochs"].map(header), Source=list(map(_source, cells["source"], cells["protocol"])),
-                             sort=[(b, s != "published", m, s) for b, s, m in
+                             sort=[(b, s != "published", _natural(m), s) for b, s, m in
                                    zip(cells["backbone"], cells["source"], cells["Method"])],
                              bold_group=cells["backbone"] + " " + cells["protocol"])
         tables.append(Table(f"table1{part}", f"Table 1{part}: linear probe top-1 (%) on {dataset_name(dataset)}, "
@@ -163,7 +169,7 @@ def _metric_table(facts: pd.DataFrame, dataset: str, name: str, title: str,
     cells = _by_metric(facts[~facts["ablation"] | (facts["source"] == "measured")], dataset, columns)
     if cells.empty:
         return []
-    cells = cells.assign(sort=[(s != "published", m, b, _epochs_number(e), e) for s, m, b, e in
+    cells = cells.assign(sort=[(s != "published", _natural(m), b, _epochs_number(e), e) for s, m, b, e in
                                           zip(cells["source"], cells["Method"], cells["backbone"], cells["epochs"])])
     return [Table(name, title, ["Method", "Backbone", "Epochs", "Source"], [c for _, _, c in columns], cells, best=2,
                   set_aside=_set_aside(facts, cells, {p for p, _, _ in columns}))]

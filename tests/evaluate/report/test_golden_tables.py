@@ -71,7 +71,7 @@ def write_records(folder: Path) -> None:
                  protocol_id="knn_cos-k20-T0.07", backbone="resnet18", pretrain_epochs=30, deviations=["image_size: 32"],
                  pretrain_config=config("resnet18", "fashion-mnist", 30, image_size=32, neighbors=mode, k=k))
           for sha, v, mode, k in (("a", 80.5, "soft", 30), ("b", 79.0, "binary", 30), ("c", 78.25, "none", 30),
-                                  ("d", 81.0, "soft", 10))],
+                                  ("d", 81.0, "soft", 10), ("f", 76.0, "soft", 100))],   # k=100 sorts after 30
         record("e", {"knn_top1_k20": 77.0}, dataset="fashion-mnist", protocol="knn", protocol_id="knn_cos-k20-T0.07",
                backbone="resnet18", method="random init", pretrain_epochs=0, deviations=["image_size: 32"],
                pretrain_config={}),
@@ -99,3 +99,48 @@ def test_every_table_as_text(tmp_path):
         pytest.skip(f"regenerated {GOLDEN}: review its diff")
     for name, text in got.items():
         assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from {GOLDEN / name}"
+
+
+def test_the_demos_table1_and_table4_are_those_of_the_full_build(tmp_path):
+    """``table1_markdown`` / ``table4_markdown`` (what the demo prints) show the same text as the
+    full build, and say so when a data set has none."""
+    write_records(tmp_path / "records")
+    reference = tmp_path / "reference.csv"
+    reference.write_text(REFERENCE)
+    golden = (GOLDEN / "tables.md").read_text(encoding="utf-8")
+    table1 = tables.table1_markdown([tmp_path / "records"], "imagenet-1k", [reference])
+    assert table1.startswith("**Table 1a:") and "**Table 1c:" in table1 and table1 in golden
+    table4 = tables.table4_markdown([tmp_path / "records"], "fashion-mnist")
+    assert table4.startswith("**Table 4: ablation") and table4 in golden
+    assert tables.table1_markdown([tmp_path / "records"], "coco-2017", ()) == "(no linear-probe results for coco-2017)\n"
+    assert tables.table4_markdown([tmp_path / "records"], "coco-2017") == "(no ablation results for coco-2017)\n"
+
+
+def test_a_manifest_that_is_not_ours_removes_nothing(tmp_path, caplog):
+    """The manifest names what an earlier build wrote, and only those files are removed. One that
+    cannot be read, is not a list, or lists non-strings is never a licence to delete."""
+    write_records(tmp_path / "records")
+    out = tmp_path / "out"
+    tables.build_tables([tmp_path / "records"], [], out)
+    manifest = out / tables.MANIFEST
+    only_fmnist = tmp_path / "fmnist"
+    write_record(only_fmnist / "results.jsonl", record("a", 71.0, dataset="fashion-mnist", protocol="linear_fast",
+                                                       protocol_id="linear_fast_lbfgs", backbone="resnet18"))
+    kept = out / "imagenet-1k" / "table2.md"
+    for text in ("{not json", '{"imagenet-1k/table2.md": 1}', '[5, null, ["imagenet-1k/table2.md"]]'):
+        manifest.write_text(text)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="evaluate.report.tables"):
+            tables.build_tables([only_fmnist], [], out)
+        assert kept.is_file(), text
+        assert not [r for r in caplog.records if "removed" in r.getMessage()], text
+    assert [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()] == []
+    manifest.write_text("{not json")
+    with caplog.at_level("WARNING", logger="evaluate.report.tables"):
+        caplog.clear()
+        tables.build_tables([only_fmnist], [], out)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"{manifest}: unreadable"]
+    assert caplog.records[0].getMessage().endswith("; files of an earlier run may remain")
+    manifest.write_text('[5, "imagenet-1k/table2.md"]')
+    tables.build_tables([only_fmnist], [], out)
+    assert not kept.exists() and (out / "imagenet-1k" / "table2.tex").is_file()   # only what is listed
