@@ -130,7 +130,9 @@ def _torch_refusal(error: Exception, data: bytes) -> tuple[list[str], str]:
                 offending = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
             else:
                 offending = _legacy_unsafe_globals(data)
-    except (ValueError, pickle.UnpicklingError, RuntimeError, EOFError):  # opcodes torch cannot list
+    # ValueError: a stream pickletools or torch cannot list; AttributeError / ImportError: a torch
+    # without the private allow-list helpers (torch's message then names the first global).
+    except (ValueError, pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ImportError):
         offending = []
     if not offending:
         match = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(r"GLOBAL (\S+)", text)
