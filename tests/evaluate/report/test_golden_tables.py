@@ -82,12 +82,19 @@ def write_records(folder: Path) -> None:
         write_record(path, item)
 
 
-def test_every_table_as_text(tmp_path):
+@pytest.fixture
+def record_set(tmp_path) -> tuple[Path, Path]:
+    """(the records folder, the reference CSV) of the golden build."""
     write_records(tmp_path / "records")
     reference = tmp_path / "reference.csv"
     reference.write_text(REFERENCE)
+    return tmp_path / "records", reference
+
+
+def test_every_table_as_text(tmp_path, record_set):
+    records, reference = record_set
     out = tmp_path / "out"
-    written = tables.build_tables([tmp_path / "records"], [reference], out)
+    written = tables.build_tables([records], [reference], out)
     got = {"files.txt": "\n".join(sorted(written)) + "\n", "tables.md": (out / "tables.md").read_text(),
            "leaderboard.csv": (out / "leaderboard.csv").read_text(),
            "table4.tex": (out / "fashion-mnist" / "table4.tex").read_text(),
@@ -101,27 +108,24 @@ def test_every_table_as_text(tmp_path):
         assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from {GOLDEN / name}"
 
 
-def test_the_demos_table1_and_table4_are_those_of_the_full_build(tmp_path):
+def test_the_demos_table1_and_table4_are_those_of_the_full_build(record_set):
     """``table1_markdown`` / ``table4_markdown`` (what the demo prints) show the same text as the
     full build, and say so when a data set has none."""
-    write_records(tmp_path / "records")
-    reference = tmp_path / "reference.csv"
-    reference.write_text(REFERENCE)
+    records, reference = record_set
     golden = (GOLDEN / "tables.md").read_text(encoding="utf-8")
-    table1 = tables.table1_markdown([tmp_path / "records"], "imagenet-1k", [reference])
+    table1 = tables.table1_markdown([records], "imagenet-1k", [reference])
     assert table1.startswith("**Table 1a:") and "**Table 1c:" in table1 and table1 in golden
-    table4 = tables.table4_markdown([tmp_path / "records"], "fashion-mnist")
+    table4 = tables.table4_markdown([records], "fashion-mnist")
     assert table4.startswith("**Table 4: ablation") and table4 in golden
-    assert tables.table1_markdown([tmp_path / "records"], "coco-2017", ()) == "(no linear-probe results for coco-2017)\n"
-    assert tables.table4_markdown([tmp_path / "records"], "coco-2017") == "(no ablation results for coco-2017)\n"
+    assert tables.table1_markdown([records], "coco-2017", ()) == "(no linear-probe results for coco-2017)\n"
+    assert tables.table4_markdown([records], "coco-2017") == "(no ablation results for coco-2017)\n"
 
 
-def test_a_manifest_that_is_not_ours_removes_nothing(tmp_path, caplog):
+def test_a_manifest_that_is_not_ours_removes_nothing(tmp_path, record_set, caplog):
     """The manifest names what an earlier build wrote, and only those files are removed. One that
     cannot be read, is not a list, or lists non-strings is never a licence to delete."""
-    write_records(tmp_path / "records")
     out = tmp_path / "out"
-    tables.build_tables([tmp_path / "records"], [], out)
+    tables.build_tables([record_set[0]], [], out)
     manifest = out / tables.MANIFEST
     only_fmnist = tmp_path / "fmnist"
     write_record(only_fmnist / "results.jsonl", record("a", 71.0, dataset="fashion-mnist", protocol="linear_fast",
